@@ -1,0 +1,195 @@
+"""Settings, all from the environment (SPEC §7). The zero-config default is the embedded stack:
+SQLite and a file-system Celery transport under ``var/``, good for one box and for trying it out.
+``DATABASE_URL=postgres://…`` and ``CELERY_BROKER_URL=redis://…`` switch to production with no code change.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env") if (BASE_DIR / ".env").exists() else None
+
+VAR_DIR = Path(env.str("SCHEDULER_VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _local_secret(name: str) -> str:
+    """A random secret kept under var/ so the embedded default needs no setup and survives restarts."""
+    path = VAR_DIR / name
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="") or _local_secret("secret_key")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "django_celery_beat",
+    "tasks_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "scheduler_site.urls"
+WSGI_APPLICATION = "scheduler_site.wsgi.application"
+ASGI_APPLICATION = "scheduler_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------------
+DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several processes (web, beat, control, workers) write one file: WAL lets readers run beside the
+    # writer, IMMEDIATE takes the write lock at BEGIN so two writers queue on busy_timeout instead of
+    # failing with "database is locked" when a read lock would have to be upgraded mid-transaction.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # A file, not :memory:, so worker processes started by the tests share the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_db.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+MEDIA_ROOT = Path(env.str("SCHEDULER_MEDIA_ROOT", default=str(VAR_DIR / "files")))
+MEDIA_URL = "media/"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    # The embedded file-system transport has no host; kombu warns about that on every connection.
+    "loggers": {"kombu.connection": {"level": "ERROR"}},
+}
+
+# --- REST framework ------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# --- Celery ---------------------------------------------------------------------------------------
+_EMBEDDED_BROKER_DIR = VAR_DIR / "broker"
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    for sub in ("queue", "processed", "control"):
+        (_EMBEDDED_BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
+    # One folder for in and out so every process on the box sees every message; processed files are
+    # moved (an atomic rename on one file system, so two consumers never both take one message) into
+    # processed/, which the reconciler prunes.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_EMBEDDED_BROKER_DIR / "queue"),
+        "data_folder_out": str(_EMBEDDED_BROKER_DIR / "queue"),
+        "processed_folder": str(_EMBEDDED_BROKER_DIR / "processed"),
+        "control_folder": str(_EMBEDDED_BROKER_DIR / "control"),
+        "store_processed": True,
+        # Poll often: the folder listing is cheap and dispatch latency is what users feel.
+        "polling_interval": 0.1,
+    }
+EMBEDDED_BROKER_PROCESSED_DIR = _EMBEDDED_BROKER_DIR / "processed"
+# No result backend: the database (Task, TaskRun) is the source of truth for outcomes.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+# Early ack: a lost run is recovered by the database lease and the reconciler, never by broker
+# redelivery, which on Redis re-runs long jobs after visibility_timeout (celery#5935).
+CELERY_TASK_ACKS_LATE = False
+# One message at a time per process: a worker never hoards jobs that another box could start now.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Anything not routed to a group queue is control-plane work (dispatch, reconcile).
+CELERY_TASK_DEFAULT_QUEUE = "control"
+# Survive a broker that comes up after the worker (honcho starts everything at once).
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# JSON only: messages carry ids and lease tokens, never pickled objects.
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Flower and `celery events` see workers and tasks out of the box.
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+# Beat keeps its timing in the database (django-celery-beat); this static entry is the dispatcher's
+# safety-net tick and the lease reconciler.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULE = {
+    "scheduler-tick": {
+        "task": "workers.tick",
+        "schedule": env.float("SCHEDULER_TICK_SECONDS", default=5.0),
+        "options": {"queue": "control", "expires": 30},
+    },
+}
+CELERY_TIMEZONE = "UTC"
+
+# --- CLI Scheduler --------------------------------------------------------------------------------
+SCHEDULER_ENCRYPTION_KEY = env.str("SCHEDULER_ENCRYPTION_KEY", default="")
+SCHEDULER_WORK_DIR = Path(env.str("SCHEDULER_WORK_DIR", default=str(VAR_DIR / "work")))
+SCHEDULER_KEEP_WORK_DIRS = env.bool("SCHEDULER_KEEP_WORK_DIRS", default=False)
+SCHEDULER_DEFAULT_TIMEOUT = env.int("SCHEDULER_DEFAULT_TIMEOUT", default=3600)
+SCHEDULER_MAX_TIMEOUT = env.int("SCHEDULER_MAX_TIMEOUT", default=24 * 3600)
+SCHEDULER_MAX_INPUT_BYTES = env.int("SCHEDULER_MAX_INPUT_BYTES", default=10 * 1024 * 1024)
+SCHEDULER_MAX_OUTPUT_BYTES = env.int("SCHEDULER_MAX_OUTPUT_BYTES", default=10 * 1024 * 1024)
+SCHEDULER_MAX_TOTAL_BYTES = env.int("SCHEDULER_MAX_TOTAL_BYTES", default=50 * 1024 * 1024)
+SCHEDULER_MAX_PROMPT_CHARS = env.int("SCHEDULER_MAX_PROMPT_CHARS", default=200_000)
+SCHEDULER_INLINE_FILE_BYTES = env.int("SCHEDULER_INLINE_FILE_BYTES", default=256 * 1024)
+SCHEDULER_STDOUT_LIMIT = env.int("SCHEDULER_STDOUT_LIMIT", default=1024 * 1024)
+SCHEDULER_ALLOW_DANGEROUS_FLAGS = env.bool("SCHEDULER_ALLOW_DANGEROUS_FLAGS", default=False)
+SCHEDULER_CLAUDE_BIN = env.str("SCHEDULER_CLAUDE_BIN", default="claude")
+SCHEDULER_CODEX_BIN = env.str("SCHEDULER_CODEX_BIN", default="codex")
+SCHEDULER_GEMINI_BIN = env.str("SCHEDULER_GEMINI_BIN", default="gemini")
+SCHEDULER_LEASE_SECONDS = env.int("SCHEDULER_LEASE_SECONDS", default=60)
+SCHEDULER_RETRY_BASE_SECONDS = env.float("SCHEDULER_RETRY_BASE_SECONDS", default=30.0)
+SCHEDULER_RETRY_MAX_SECONDS = env.float("SCHEDULER_RETRY_MAX_SECONDS", default=600.0)
+SCHEDULER_RATE_LIMIT_COOLDOWN_SECONDS = env.float("SCHEDULER_RATE_LIMIT_COOLDOWN_SECONDS", default=60.0)
+SCHEDULER_KILL_GRACE_SECONDS = env.float("SCHEDULER_KILL_GRACE_SECONDS", default=10.0)
+SCHEDULER_API_ENABLED = env.bool("SCHEDULER_API_ENABLED", default=True)
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
+SCHEDULER_INTAKE_MODEL = env.str("SCHEDULER_INTAKE_MODEL", default="gpt-4.1-mini")

@@ -1,0 +1,272 @@
+"""CLI Scheduler's tables (SPEC §2). Status changes go through `tasks_app.services.tasks.task_transition`."""
+
+from __future__ import annotations
+
+import uuid
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from tasks_app import crypto
+
+
+class Tool(models.TextChoices):
+    CLAUDE = "claude", "claude"
+    CODEX = "codex", "codex"
+    GEMINI = "gemini", "gemini"
+
+
+class TaskStatus(models.TextChoices):
+    QUEUED = "queued", "queued"
+    LEASED = "leased", "leased"
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    CANCELED = "canceled", "canceled"
+
+
+ACTIVE_STATUSES = (TaskStatus.LEASED, TaskStatus.RUNNING)
+TERMINAL_STATUSES = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED)
+
+
+class EventSource(models.TextChoices):
+    API = "api", "api"
+    CLI = "cli", "cli"
+    ADMIN = "admin", "admin"
+    SCHEDULE = "schedule", "schedule"
+    WORKER = "worker", "worker"
+    SYSTEM = "system", "system"
+    INTAKE = "intake", "intake"
+
+
+class FailureKind(models.TextChoices):
+    RATE_LIMITED = "rate_limited", "rate limited"
+    PROVIDER_ERROR = "provider_error", "provider error"
+    TIMEOUT = "timeout", "timeout"
+    EXIT_CODE = "exit_code", "exit code"
+    AUTH = "auth", "auth"
+    CLI_MISSING = "cli_missing", "CLI missing"
+    WORKER_LOST = "worker_lost", "worker lost"
+    CANCELED = "canceled", "canceled"
+    INTERNAL = "internal", "internal"
+
+
+RETRYABLE_FAILURES = frozenset({FailureKind.RATE_LIMITED, FailureKind.PROVIDER_ERROR, FailureKind.WORKER_LOST})
+
+
+class WorkerGroup(models.Model):
+    """One account of one tool. Its name is also the Celery queue its worker boxes consume."""
+
+    name = models.SlugField(max_length=100, unique=True, help_text="<tool>-<account>; the Celery queue name.")
+    tool = models.CharField(max_length=16, choices=Tool.choices)
+    account = models.SlugField(max_length=80)
+    max_concurrent = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
+    enabled = models.BooleanField(default=True, help_text="Paused groups receive no new work.")
+    credentials_encrypted = models.TextField(blank=True, default="", editable=False)
+    env = models.JSONField(default=dict, blank=True, help_text="Plain env vars for the CLI (visible).")
+    allow_dangerous_flags = models.BooleanField(default=False)
+    extra_args = models.JSONField(default=list, blank=True, help_text="Extra CLI args from the allow-list.")
+    rate_limited_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["tool", "account"], name="workergroup_tool_account_unique"),
+            models.CheckConstraint(condition=Q(max_concurrent__gte=1), name="workergroup_max_concurrent_gte_1"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        return crypto.decrypt_json(self.credentials_encrypted) if self.credentials_encrypted else {}
+
+    @credentials.setter
+    def credentials(self, value: dict[str, str]) -> None:
+        self.credentials_encrypted = crypto.encrypt_json(value) if value else ""
+
+    @property
+    def credential_names(self) -> list[str]:
+        return sorted(self.credentials)
+
+
+class ConcurrencyLimit(models.Model):
+    """A global cap across groups, for a scope like `tool:claude` or `model:opus`."""
+
+    scope = models.CharField(max_length=120, unique=True)
+    max_concurrent = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+
+    class Meta:
+        ordering = ["scope"]
+
+    def __str__(self) -> str:
+        return f"{self.scope} ≤ {self.max_concurrent}"
+
+
+class Task(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.CharField(max_length=100, default="default")
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    tool = models.CharField(max_length=16, choices=Tool.choices)
+    model = models.CharField(max_length=120, blank=True, default="")
+    prompt = models.TextField()
+    output_files = models.JSONField(default=list, blank=True)
+    priority = models.PositiveSmallIntegerField(
+        default=5, validators=[MinValueValidator(1), MaxValueValidator(9)], help_text="9 is most urgent."
+    )
+    status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.QUEUED)
+    scheduled_at = models.DateTimeField(null=True, blank=True, help_text="Not before this time.")
+    worker_group = models.ForeignKey(
+        WorkerGroup, null=True, blank=True, on_delete=models.PROTECT, related_name="tasks"
+    )
+    worker_group_pinned = models.BooleanField(default=False, help_text="The client chose the group.")
+    attempt = models.PositiveIntegerField(default=0, help_text="Runs so far, rate-limited ones included.")
+    attempt_base = models.PositiveIntegerField(
+        default=0, editable=False, help_text="`attempt` when the current budget began (an explicit retry)."
+    )
+    max_attempts = models.PositiveIntegerField(default=3, validators=[MinValueValidator(1)])
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    timeout_seconds = models.PositiveIntegerField()
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="", editable=False)
+    result = models.JSONField(null=True, blank=True)
+    error_message = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    lease_token = models.UUIDField(null=True, blank=True, editable=False)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="task_tenant_idempotency_key_unique",
+            ),
+            models.CheckConstraint(condition=Q(priority__gte=1, priority__lte=9), name="task_priority_1_9"),
+        ]
+        indexes = [
+            # The dispatcher's walk: per tool and tenant, most urgent then oldest, queued rows only.
+            models.Index(
+                fields=["tool", "tenant", "-priority", "created_at"],
+                condition=Q(status="queued"),
+                name="task_dispatch_idx",
+            ),
+            # Slot counting and lease expiry look only at live rows.
+            models.Index(
+                fields=["worker_group", "lease_expires_at"],
+                condition=Q(status__in=["leased", "running"]),
+                name="task_active_idx",
+            ),
+            models.Index(fields=["tenant", "-created_at"], name="task_tenant_created_idx"),
+            models.Index(fields=["tenant", "status", "-created_at"], name="task_tenant_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tool} task {self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def attempts_left(self) -> int:
+        return self.max_attempts - (self.attempt - self.attempt_base)
+
+
+class TaskRun(models.Model):
+    """One attempt: what actually ran, where, and how it ended."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+        CANCELED = "canceled", "canceled"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="runs")
+    attempt = models.PositiveIntegerField()
+    worker_group = models.ForeignKey(WorkerGroup, null=True, on_delete=models.PROTECT, related_name="runs")
+    worker = models.CharField(max_length=200, blank=True, default="")
+    celery_task_id = models.CharField(max_length=64, blank=True, default="")
+    lease_token = models.UUIDField(editable=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    stdout = models.TextField(blank=True, default="")
+    stdout_truncated = models.BooleanField(default=False)
+    stderr = models.TextField(blank=True, default="")
+    stderr_truncated = models.BooleanField(default=False)
+    failure_kind = models.CharField(max_length=20, choices=FailureKind.choices, blank=True, default="")
+    retry_after_seconds = models.FloatField(null=True, blank=True)
+    input_tokens = models.BigIntegerField(null=True, blank=True)
+    output_tokens = models.BigIntegerField(null=True, blank=True)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    command = models.JSONField(default=list, blank=True, help_text="argv as run; never holds credentials.")
+
+    class Meta:
+        ordering = ["-attempt"]
+        constraints = [models.UniqueConstraint(fields=["task", "attempt"], name="taskrun_task_attempt_unique")]
+
+    def __str__(self) -> str:
+        return f"run {self.attempt} of {self.task_id} ({self.status})"
+
+
+class TaskFile(models.Model):
+    class Direction(models.TextChoices):
+        INPUT = "input", "input"
+        OUTPUT = "output", "output"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="files")
+    run = models.ForeignKey(TaskRun, null=True, blank=True, on_delete=models.CASCADE, related_name="files")
+    direction = models.CharField(max_length=8, choices=Direction.choices)
+    path = models.CharField(max_length=1024)
+    size_bytes = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    content_type = models.CharField(max_length=200, default="application/octet-stream")
+    content = models.BinaryField(null=True, blank=True)
+    file = models.FileField(upload_to="task_files/%Y/%m/%d", null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["direction", "path"]
+        indexes = [models.Index(fields=["task", "direction"], name="taskfile_task_direction_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.direction} {self.path}"
+
+    def read_bytes(self) -> bytes:
+        if self.content is not None:
+            return bytes(self.content)
+        with self.file.open("rb") as handle:
+            return handle.read()
+
+
+class TaskEvent(models.Model):
+    """Append-only audit trail: one row per status change, written in the same transaction."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=16, blank=True, default="")
+    to_status = models.CharField(max_length=16, choices=TaskStatus.choices)
+    source = models.CharField(max_length=16, choices=EventSource.choices)
+    actor = models.CharField(max_length=200, blank=True, default="")
+    reason = models.TextField(blank=True, default="")
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["task", "created_at"], name="taskevent_task_created_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.from_status or '∅'} → {self.to_status} ({self.source})"

@@ -1,0 +1,111 @@
+"""Plain-dict views of the models, for `--json` output (credentials appear only as key names)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks_app.models import Task, TaskEvent, TaskFile, TaskRun, WorkerGroup
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def task_dict(task: Task, *, detail: bool = False) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": str(task.pk),
+        "tenant": task.tenant,
+        "created_by": task.created_by,
+        "tool": task.tool,
+        "model": task.model,
+        "status": task.status,
+        "priority": task.priority,
+        "worker_group": task.worker_group.name if task.worker_group_id else None,
+        "attempt": task.attempt,
+        "max_attempts": task.max_attempts,
+        "scheduled_at": _iso(task.scheduled_at),
+        "next_attempt_at": _iso(task.next_attempt_at),
+        "timeout_seconds": task.timeout_seconds,
+        "idempotency_key": task.idempotency_key,
+        "error_message": task.error_message,
+        "created_at": _iso(task.created_at),
+        "started_at": _iso(task.started_at),
+        "finished_at": _iso(task.finished_at),
+    }
+    if detail:
+        data.update(
+            prompt=task.prompt,
+            output_files=task.output_files,
+            result=task.result,
+            metadata=task.metadata,
+            files=[file_dict(f) for f in task.files.all()],
+            runs=[run_dict(r) for r in task.runs.order_by("-attempt")],
+            events=[event_dict(e) for e in task.events.order_by("created_at", "id")],
+        )
+    return data
+
+
+def run_dict(run: TaskRun, *, with_output: bool = False) -> dict[str, Any]:
+    data = {
+        "attempt": run.attempt,
+        "status": run.status,
+        "worker_group": run.worker_group.name if run.worker_group_id else None,
+        "worker": run.worker,
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "exit_code": run.exit_code,
+        "failure_kind": run.failure_kind,
+        "retry_after_seconds": run.retry_after_seconds,
+        "input_tokens": run.input_tokens,
+        "output_tokens": run.output_tokens,
+        "cost_usd": float(run.cost_usd) if run.cost_usd is not None else None,
+        "latency_ms": run.latency_ms,
+        "command": run.command,
+        "stdout_truncated": run.stdout_truncated,
+        "stderr_truncated": run.stderr_truncated,
+    }
+    if with_output:
+        data.update(stdout=run.stdout, stderr=run.stderr)
+    return data
+
+
+def file_dict(item: TaskFile) -> dict[str, Any]:
+    return {
+        "id": item.pk,
+        "direction": item.direction,
+        "path": item.path,
+        "size_bytes": item.size_bytes,
+        "sha256": item.sha256,
+        "content_type": item.content_type,
+        "attempt": item.run.attempt if item.run_id else None,
+        "created_at": _iso(item.created_at),
+    }
+
+
+def event_dict(event: TaskEvent) -> dict[str, Any]:
+    return {
+        "from_status": event.from_status,
+        "to_status": event.to_status,
+        "source": event.source,
+        "actor": event.actor,
+        "reason": event.reason,
+        "data": event.data,
+        "created_at": _iso(event.created_at),
+    }
+
+
+def group_dict(group: WorkerGroup) -> dict[str, Any]:
+    return {
+        "name": group.name,
+        "tool": group.tool,
+        "account": group.account,
+        "max_concurrent": group.max_concurrent,
+        "enabled": group.enabled,
+        "running": getattr(group, "running", None),
+        "queued": getattr(group, "queued", None),
+        "rate_limited_until": _iso(group.rate_limited_until),
+        "credentials": group.credential_names,  # names only, never values
+        "env": group.env,
+        "allow_dangerous_flags": group.allow_dangerous_flags,
+        "extra_args": group.extra_args,
+    }

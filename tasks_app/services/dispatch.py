@@ -1,0 +1,184 @@
+"""The dispatcher: lease runnable queued tasks to groups with free slots, then send one message each.
+
+Locking design
+--------------
+Only a lease *adds* load to a group; finishing, failing, expiring and cancelling only remove it. So the
+cap holds across every box if leases are decided one pass at a time with fresh counts, and nothing else
+needs to coordinate:
+
+* PostgreSQL: each pass runs in one transaction that first takes a transaction-scoped advisory lock
+  (``pg_advisory_xact_lock``). Passes from any number of control workers queue on it; inside, the live
+  counts (``leased`` + ``running`` per group and per ConcurrencyLimit scope) are read under READ COMMITTED
+  and are exact for leases (only lock holders add them) and at worst stale-high for finishes (which only
+  makes a pass more careful until the next one). Each lease is a check-and-set through
+  ``task_transition(expect=[queued])`` under ``SELECT … FOR UPDATE``, so a cancel racing a lease wins or
+  loses cleanly. A pass is short (a few indexed queries and one UPDATE + event per lease) and holds no
+  lock while anything runs.
+* SQLite: the transaction starts with ``BEGIN IMMEDIATE`` (settings), which takes the database's single
+  write lock up front, so passes are serialised the same way without an advisory lock.
+
+Order: highest priority first; within a priority, tenants take turns (round robin by each tenant's own
+oldest-first order), so one tenant's backlog cannot starve another's. Tenants are found with a loose
+index scan (a recursive CTE over ``task_dispatch_idx``) so the cost grows with the number of tenants,
+not the depth of the queue. Messages go out only after commit (``transaction.on_commit``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from tasks_app.models import ACTIVE_STATUSES, ConcurrencyLimit, EventSource, Task, TaskStatus, WorkerGroup
+from tasks_app.services.tasks import TaskStateError, task_transition
+
+logger = logging.getLogger(__name__)
+
+DISPATCH_LOCK_ID = 0x5C4ED  # any constant shared by every dispatcher
+SLACK_PER_TENANT = 8  # extra candidates per tenant, for tasks skipped because their pinned group is full
+
+
+@dataclass(frozen=True)
+class Lease:
+    task_id: uuid.UUID
+    lease_token: uuid.UUID
+    queue: str
+
+
+def runnable_filter(now: datetime) -> Q:
+    return (Q(scheduled_at__isnull=True) | Q(scheduled_at__lte=now)) & (
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    )
+
+
+def _take_dispatch_lock() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [DISPATCH_LOCK_ID])
+
+
+def queued_tenants(tool: str) -> list[str]:
+    """Distinct tenants with queued tasks of `tool`, by a loose index scan (one index probe per tenant)."""
+    table = Task._meta.db_table
+    sql = f"""
+        WITH RECURSIVE tenants(tenant) AS (
+            SELECT MIN(tenant) FROM {table} WHERE status = %s AND tool = %s
+            UNION ALL
+            SELECT (SELECT MIN(t.tenant) FROM {table} t
+                    WHERE t.status = %s AND t.tool = %s AND t.tenant > tenants.tenant)
+            FROM tenants WHERE tenants.tenant IS NOT NULL
+        )
+        SELECT tenant FROM tenants WHERE tenant IS NOT NULL
+    """  # noqa: S608 - the table name comes from the model, values are parameters
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [TaskStatus.QUEUED, tool, TaskStatus.QUEUED, tool])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def candidates(tool: str, wanted: int, now: datetime) -> list[Task]:
+    """Up to roughly `wanted` runnable tasks of `tool` in dispatch order (priority, tenant turns, age)."""
+    ranked: list[tuple[int, int, datetime, Task]] = []
+    for tenant in queued_tenants(tool):
+        rows = (
+            Task.objects.filter(status=TaskStatus.QUEUED, tool=tool, tenant=tenant)
+            .filter(runnable_filter(now))
+            .order_by("-priority", "created_at")
+            .only("id", "tenant", "priority", "created_at", "model", "tool", "worker_group_id",
+                  "worker_group_pinned")[: wanted + SLACK_PER_TENANT]
+        )
+        turn: Counter[int] = Counter()
+        for task in rows:
+            turn[task.priority] += 1
+            ranked.append((-task.priority, turn[task.priority], task.created_at, task))
+    ranked.sort(key=lambda item: item[:3])
+    return [item[3] for item in ranked]
+
+
+def _scope_usage(limits: dict[str, int]) -> Counter[str]:
+    usage: Counter[str] = Counter()
+    if not limits:
+        return usage
+    for tool, model, n in (
+        Task.objects.filter(status__in=ACTIVE_STATUSES).values_list("tool", "model").annotate(n=Count("id"))
+    ):
+        usage[f"tool:{tool}"] += n
+        if model:
+            usage[f"model:{model}"] += n
+    return usage
+
+
+def dispatch_runnable(*, now: datetime | None = None) -> list[Lease]:
+    """One dispatch pass. Returns the leases made; their Celery messages go out after commit."""
+    from workers.tasks import send_execute
+
+    now = now or timezone.now()
+    leases: list[Lease] = []
+    with transaction.atomic():
+        _take_dispatch_lock()
+        groups = [
+            g for g in WorkerGroup.objects.filter(enabled=True)
+            if g.rate_limited_until is None or g.rate_limited_until <= now
+        ]
+        if not groups:
+            return leases
+        active = dict(
+            Task.objects.filter(status__in=ACTIVE_STATUSES, worker_group__isnull=False)
+            .values_list("worker_group_id")
+            .annotate(n=Count("id"))
+        )
+        free = {g.pk: g.max_concurrent - active.get(g.pk, 0) for g in groups}
+        limits = dict(ConcurrencyLimit.objects.values_list("scope", "max_concurrent"))
+        usage = _scope_usage(limits)
+        by_tool: dict[str, list[WorkerGroup]] = {}
+        for group in groups:
+            by_tool.setdefault(group.tool, []).append(group)
+
+        lease_until = now + timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS)
+        for tool, tool_groups in sorted(by_tool.items()):
+            capacity = sum(max(free[g.pk], 0) for g in tool_groups)
+            if capacity <= 0:
+                continue
+            for task in candidates(tool, capacity, now):
+                if capacity <= 0:
+                    break
+                group = _choose_group(task, tool_groups, free)
+                if group is None:
+                    continue
+                scopes = [f"tool:{tool}"] + ([f"model:{task.model}"] if task.model else [])
+                if any(s in limits and usage[s] >= limits[s] for s in scopes):
+                    continue
+                token = uuid.uuid4()
+                try:
+                    task_transition(
+                        task_id=task.pk, to=TaskStatus.LEASED, source=EventSource.SYSTEM, actor="dispatcher",
+                        reason=f"leased to {group.name}", expect=[TaskStatus.QUEUED],
+                        data={"worker_group": group.name},
+                        updates={"worker_group": group, "lease_token": token, "lease_expires_at": lease_until},
+                    )
+                except TaskStateError:
+                    continue  # canceled (or otherwise moved) since it was read
+                free[group.pk] -= 1
+                capacity -= 1
+                for s in scopes:
+                    usage[s] += 1
+                lease = Lease(task_id=task.pk, lease_token=token, queue=group.name)
+                leases.append(lease)
+                transaction.on_commit(lambda lease=lease: send_execute(lease))
+    if leases:
+        logger.info("dispatch leased %d task(s)", len(leases))
+    return leases
+
+
+def _choose_group(task: Task, groups: list[WorkerGroup], free: dict[int, int]) -> WorkerGroup | None:
+    if task.worker_group_pinned:
+        group = next((g for g in groups if g.pk == task.worker_group_id), None)
+        return group if group is not None and free[group.pk] > 0 else None
+    best = max(groups, key=lambda g: (free[g.pk], -g.pk))
+    return best if free[best.pk] > 0 else None

@@ -1,0 +1,121 @@
+"""Worker group writes. Credentials are write-only: stored encrypted, shown as key names."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+
+from tasks_app.models import Tool, WorkerGroup
+from workers.executors import ConfigurationError, adapter_for
+
+_ACCOUNT = re.compile(r"^[a-z0-9][a-z0-9-]{0,78}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# The child must never be told where the scheduler's own state lives.
+_RESERVED_ENV = frozenset({"DATABASE_URL", "SECRET_KEY", "CELERY_BROKER_URL", "SCHEDULER_ENCRYPTION_KEY",
+                           "DJANGO_SETTINGS_MODULE", "PATH"})
+
+
+def _string_map(value: object, *, field: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValidationError({field: ["must be a JSON object of NAME: string"]})
+    for key, item in value.items():
+        if not isinstance(key, str) or not _ENV_NAME.match(key):
+            raise ValidationError({field: [f"{key!r} is not a valid environment variable name"]})
+        if key in _RESERVED_ENV:
+            raise ValidationError({field: [f"{key} is reserved for the scheduler and cannot be given to a CLI"]})
+        if not isinstance(item, str) or "\x00" in item:
+            raise ValidationError({field: [f"the value of {key} must be a string without NUL bytes"]})
+    return dict(value)
+
+
+def _clean(*, tool: str, max_concurrent: object, env: object, credentials: object, extra_args: object,
+           allow_dangerous_flags: bool) -> None:
+    if not isinstance(max_concurrent, int) or isinstance(max_concurrent, bool) or not 1 <= max_concurrent <= 1000:
+        raise ValidationError({"max_concurrent": ["must be an integer from 1 to 1000"]})
+    _string_map(env, field="env")
+    _string_map(credentials, field="credentials")
+    if not isinstance(extra_args, list):
+        raise ValidationError({"extra_args": ["must be a list of '--flag' or '--flag=value' strings"]})
+    try:
+        adapter_for(tool).check_extra_args(
+            extra_args, allow_dangerous=allow_dangerous_flags and settings.SCHEDULER_ALLOW_DANGEROUS_FLAGS
+        )
+    except ConfigurationError as exc:
+        raise ValidationError({"extra_args": [str(exc)]}) from None
+
+
+def group_create(
+    *, tool: str, account: str, max_concurrent: int = 1, enabled: bool = True,
+    credentials: dict[str, str] | None = None, env: dict[str, str] | None = None,
+    allow_dangerous_flags: bool = False, extra_args: list[str] | None = None,
+) -> WorkerGroup:
+    if tool not in Tool.values:
+        raise ValidationError({"tool": [f"{tool!r} is not a known tool; choose one of {', '.join(Tool.values)}"]})
+    if not isinstance(account, str) or not _ACCOUNT.match(account):
+        raise ValidationError({"account": ["must be lowercase letters, digits and '-' (1-79 chars), e.g. team-a"]})
+    credentials, env, extra_args = credentials or {}, env or {}, extra_args or []
+    _clean(tool=tool, max_concurrent=max_concurrent, env=env, credentials=credentials, extra_args=extra_args,
+           allow_dangerous_flags=allow_dangerous_flags)
+    group = WorkerGroup(
+        name=f"{tool}-{account}", tool=tool, account=account, max_concurrent=max_concurrent, enabled=enabled,
+        env=env, allow_dangerous_flags=allow_dangerous_flags, extra_args=extra_args,
+    )
+    group.credentials = credentials
+    try:
+        with transaction.atomic():
+            group.save()
+    except IntegrityError:
+        raise ValidationError({"account": [f"a group {group.name!r} already exists"]}) from None
+    return group
+
+
+def group_update(*, name: str, changes: dict[str, Any]) -> WorkerGroup:
+    """Change settings. `credentials` replaces the whole set; `credentials_set`/`credentials_unset` edit keys."""
+    allowed = {"max_concurrent", "enabled", "env", "credentials", "credentials_set", "credentials_unset",
+               "allow_dangerous_flags", "extra_args"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValidationError({sorted(unknown)[0]: [f"cannot be changed; changeable: {', '.join(sorted(allowed))}"]})
+    with transaction.atomic():
+        group = WorkerGroup.objects.select_for_update().filter(name=name).first()
+        if group is None:
+            raise ValidationError({"name": [f"no worker group named {name!r}"]})
+        credentials = group.credentials
+        if "credentials" in changes:
+            credentials = changes["credentials"]
+        credentials = {**credentials, **changes.get("credentials_set", {})}
+        for key in changes.get("credentials_unset", []):
+            credentials.pop(key, None)
+        merged = {
+            "max_concurrent": changes.get("max_concurrent", group.max_concurrent),
+            "env": changes.get("env", group.env),
+            "extra_args": changes.get("extra_args", group.extra_args),
+            "allow_dangerous_flags": changes.get("allow_dangerous_flags", group.allow_dangerous_flags),
+        }
+        if not isinstance(merged["allow_dangerous_flags"], bool):
+            raise ValidationError({"allow_dangerous_flags": ["must be true or false"]})
+        if "enabled" in changes and not isinstance(changes["enabled"], bool):
+            raise ValidationError({"enabled": ["must be true or false"]})
+        _clean(tool=group.tool, credentials=credentials, **merged)
+        for key, value in merged.items():
+            setattr(group, key, value)
+        group.enabled = changes.get("enabled", group.enabled)
+        group.credentials = credentials
+        group.save()
+    if group.enabled:
+        from tasks_app.services.tasks import request_dispatch
+
+        transaction.on_commit(request_dispatch)
+    return group
+
+
+def group_pause(*, name: str) -> WorkerGroup:
+    return group_update(name=name, changes={"enabled": False})
+
+
+def group_resume(*, name: str) -> WorkerGroup:
+    return group_update(name=name, changes={"enabled": True})

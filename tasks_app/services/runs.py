@@ -1,0 +1,247 @@
+"""Runs: start (lease → running), heartbeat, finish, and the reconciler for leases nobody renews.
+
+Every write is a short transaction; nothing here runs while a CLI runs. The lease token fences a worker:
+a late heartbeat or result from a worker whose lease moved on (it was paused, or its box was presumed
+dead) matches no row and is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from tasks_app.models import (
+    ACTIVE_STATUSES,
+    RETRYABLE_FAILURES,
+    EventSource,
+    FailureKind,
+    Task,
+    TaskFile,
+    TaskRun,
+    TaskStatus,
+    WorkerGroup,
+)
+from tasks_app.services.tasks import request_dispatch, stored_file, task_transition
+from workers.executors.base import Control, ExecutionResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a worker needs to execute one attempt, read in one short transaction."""
+
+    task_id: uuid.UUID
+    run_id: int
+    attempt: int
+    lease_token: uuid.UUID
+    tool: str
+    model: str
+    prompt: str
+    group_name: str
+    group_env: dict[str, str]
+    credentials: dict[str, str] = field(repr=False)
+    extra_args: list[Any]
+    allow_dangerous_flags: bool
+    input_files: list[tuple[str, bytes]]
+    output_patterns: list[str]
+    timeout_seconds: int
+
+
+def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: str = "") -> RunContext | None:
+    """Move a leased task to running and open its TaskRun. None if the lease is no longer ours."""
+    token = uuid.UUID(str(lease_token))
+    now = timezone.now()
+    with transaction.atomic():
+        task = Task.objects.select_for_update().filter(pk=task_id).first()
+        if task is None or task.status != TaskStatus.LEASED or task.lease_token != token:
+            logger.info("dropping stale execute message for task %s", task_id)
+            return None
+        group = WorkerGroup.objects.get(pk=task.worker_group_id)
+        attempt = task.attempt + 1
+        task_transition(
+            task_id=task.pk, to=TaskStatus.RUNNING, source=EventSource.WORKER, actor=worker,
+            reason=f"attempt {attempt} started on {worker}", expect=[TaskStatus.LEASED],
+            data={"attempt": attempt, "worker_group": group.name},
+            updates={
+                "attempt": attempt,
+                "started_at": task.started_at or now,
+                "lease_expires_at": now + timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS),
+            },
+        )
+        run = TaskRun.objects.create(
+            task=task, attempt=attempt, worker_group=group, worker=worker, celery_task_id=celery_task_id,
+            lease_token=token, started_at=now,
+        )
+    inputs = [(f.path, f.read_bytes()) for f in task.files.filter(direction=TaskFile.Direction.INPUT, run=None)]
+    return RunContext(
+        task_id=task.pk, run_id=run.pk, attempt=attempt, lease_token=token, tool=task.tool, model=task.model,
+        prompt=task.prompt, group_name=group.name, group_env=dict(group.env or {}),
+        credentials=group.credentials, extra_args=list(group.extra_args or []),
+        allow_dangerous_flags=group.allow_dangerous_flags, input_files=inputs,
+        output_patterns=list(task.output_files or []), timeout_seconds=task.timeout_seconds,
+    )
+
+
+def run_heartbeat(*, task_id: Any, lease_token: Any) -> Control:
+    """Renew the lease (a compare-and-swap on the token) and report whether the run should go on."""
+    expires = timezone.now() + timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS)
+    renewed = Task.objects.filter(pk=task_id, status=TaskStatus.RUNNING, lease_token=lease_token).update(
+        lease_expires_at=expires
+    )
+    if not renewed:
+        return Control.LEASE_LOST
+    canceled = Task.objects.filter(pk=task_id, cancel_requested_at__isnull=False).exists()
+    return Control.CANCEL if canceled else Control.CONTINUE
+
+
+def backoff_seconds(attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff with jitter, capped; never sooner than the reset time the CLI reported."""
+    ceiling = min(settings.SCHEDULER_RETRY_MAX_SECONDS, settings.SCHEDULER_RETRY_BASE_SECONDS * 2 ** (attempt - 1))
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    return max(delay, retry_after or 0.0)
+
+
+def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker: str = "") -> Task | None:
+    """Record the attempt and settle the task. None when the lease was lost (the result is dropped)."""
+    token = uuid.UUID(str(lease_token))
+    run = TaskRun.objects.select_related("task").get(pk=run_id)
+    # Large outputs are written to storage before the transaction: no file I/O under the row lock.
+    output_rows = [
+        stored_file(task=run.task, run=run, direction=TaskFile.Direction.OUTPUT, path=f.path, data=f.data)
+        for f in result.outputs
+    ]
+    now = timezone.now()
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=run.task_id)
+        if task.status != TaskStatus.RUNNING or task.lease_token != token:
+            logger.warning("dropping result of task %s run %s: the lease moved on", task.pk, run.attempt)
+            for row in output_rows:
+                if row.file:
+                    row.file.delete(save=False)
+            return None
+        run.status = {
+            "": TaskRun.Status.SUCCEEDED, FailureKind.CANCELED: TaskRun.Status.CANCELED,
+        }.get(result.failure_kind, TaskRun.Status.FAILED)
+        run.finished_at = now
+        run.exit_code = result.exit_code
+        run.stdout, run.stdout_truncated = result.stdout, result.stdout_truncated
+        run.stderr, run.stderr_truncated = result.stderr, result.stderr_truncated
+        run.failure_kind = result.failure_kind
+        run.retry_after_seconds = result.retry_after_seconds
+        run.input_tokens, run.output_tokens = result.input_tokens, result.output_tokens
+        run.cost_usd = result.cost_usd
+        run.latency_ms = result.latency_ms
+        run.command = result.command
+        run.save()
+        TaskFile.objects.bulk_create(output_rows)
+        summary = {
+            "exit_code": result.exit_code,
+            "final_message": result.final_message,
+            "input_tokens": result.input_tokens,
+            "output_tokens": result.output_tokens,
+            "cost_usd": result.cost_usd,
+            "latency_ms": result.latency_ms,
+            "outputs": [f.path for f in result.outputs],
+            **({"output_errors": result.output_errors} if result.output_errors else {}),
+        }
+        if result.succeeded:
+            task_transition(
+                task_id=task.pk, to=TaskStatus.SUCCEEDED, source=EventSource.WORKER, actor=worker,
+                reason=f"attempt {run.attempt} succeeded", data={"attempt": run.attempt},
+                updates={"result": summary, "error_message": "", "finished_at": now, **_lease_cleared()},
+            )
+        elif result.failure_kind == FailureKind.CANCELED:
+            cancel = task.metadata.get("cancel", {}) if isinstance(task.metadata, dict) else {}
+            task_transition(
+                task_id=task.pk, to=TaskStatus.CANCELED, source=cancel.get("source", EventSource.SYSTEM),
+                actor=cancel.get("actor", ""), reason=cancel.get("reason") or "canceled while running",
+                data={"attempt": run.attempt, "killed_by": worker},
+                updates={"result": summary, "error_message": result.error_message, "finished_at": now,
+                         **_lease_cleared()},
+            )
+        else:
+            _settle_failure(task, run, kind=result.failure_kind, message=result.error_message,
+                            retry_after=result.retry_after_seconds, actor=worker, now=now, summary=summary)
+        transaction.on_commit(request_dispatch)
+    return task
+
+
+def _lease_cleared() -> dict[str, Any]:
+    return {"lease_token": None, "lease_expires_at": None}
+
+
+def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_after: float | None, actor: str,
+                    now: datetime, summary: dict[str, Any] | None = None) -> None:
+    """Retry with backoff (retryable kinds, attempts left) or fail. Caller holds the task's row lock."""
+    task.refresh_from_db()
+    if kind == FailureKind.RATE_LIMITED and run.worker_group_id:
+        cooldown = retry_after if retry_after is not None else settings.SCHEDULER_RATE_LIMIT_COOLDOWN_SECONDS
+        until = now + timedelta(seconds=cooldown)
+        group = WorkerGroup.objects.select_for_update().get(pk=run.worker_group_id)
+        if group.rate_limited_until is None or group.rate_limited_until < until:
+            group.rate_limited_until = until
+            group.save(update_fields=["rate_limited_until", "updated_at"])
+    data = {"attempt": run.attempt, "failure_kind": kind}
+    if kind in RETRYABLE_FAILURES and task.attempts_left > 0:
+        delay = backoff_seconds(task.attempt - task.attempt_base, retry_after)
+        task_transition(
+            task_id=task.pk, to=TaskStatus.QUEUED, source=EventSource.WORKER if actor else EventSource.SYSTEM,
+            actor=actor, reason=f"attempt {run.attempt} failed ({kind}): retrying in {delay:.0f}s",
+            data={**data, "retry_in_seconds": round(delay, 3)},
+            updates={
+                "next_attempt_at": now + timedelta(seconds=delay), "error_message": message,
+                # An unpinned task may move to another account of its tool.
+                "worker_group": task.worker_group if task.worker_group_pinned else None,
+                **_lease_cleared(),
+            },
+        )
+        return
+    why = "no attempts left" if kind in RETRYABLE_FAILURES else "not retryable"
+    task_transition(
+        task_id=task.pk, to=TaskStatus.FAILED, source=EventSource.WORKER if actor else EventSource.SYSTEM,
+        actor=actor, reason=f"attempt {run.attempt} failed ({kind}, {why}): {message}"[:1000], data=data,
+        updates={"error_message": message, "finished_at": now, "result": summary, **_lease_cleared()},
+    )
+
+
+def leases_reconcile(*, now: datetime | None = None, limit: int = 500) -> int:
+    """Expired leases: leased → queued (never started); running → worker_lost, then retry or fail."""
+    now = now or timezone.now()
+    expired = list(
+        Task.objects.filter(status__in=ACTIVE_STATUSES, lease_expires_at__lt=now).values_list("pk", flat=True)[:limit]
+    )
+    handled = 0
+    for task_id in expired:
+        with transaction.atomic():
+            task = Task.objects.select_for_update().get(pk=task_id)
+            if task.status not in ACTIVE_STATUSES or task.lease_expires_at is None or task.lease_expires_at >= now:
+                continue
+            if task.status == TaskStatus.LEASED:
+                task_transition(
+                    task_id=task.pk, to=TaskStatus.QUEUED, source=EventSource.SYSTEM, actor="reconciler",
+                    reason="lease expired before the run started",
+                    updates={"worker_group": task.worker_group if task.worker_group_pinned else None,
+                             **_lease_cleared()},
+                )
+            else:
+                run = task.runs.filter(status=TaskRun.Status.RUNNING).order_by("-attempt").first()
+                if run is None:
+                    run = TaskRun.objects.create(task=task, attempt=task.attempt, worker_group=task.worker_group,
+                                                 lease_token=task.lease_token or uuid.uuid4(), started_at=now)
+                run.status, run.failure_kind, run.finished_at = TaskRun.Status.FAILED, FailureKind.WORKER_LOST, now
+                run.save(update_fields=["status", "failure_kind", "finished_at"])
+                _settle_failure(task, run, kind=FailureKind.WORKER_LOST,
+                                message=f"worker {run.worker or '?'} stopped renewing its lease", retry_after=None,
+                                actor="", now=now)
+            handled += 1
+            transaction.on_commit(request_dispatch)
+    return handled

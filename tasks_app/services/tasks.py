@@ -1,0 +1,383 @@
+"""Task writes: create, the single status transition, cancel, retry."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import mimetypes
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from tasks_app import validation
+from tasks_app.models import (
+    TERMINAL_STATUSES,
+    Task,
+    TaskEvent,
+    TaskFile,
+    TaskStatus,
+    Tool,
+    WorkerGroup,
+)
+from tasks_app.transitions import check_transition
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used before with a different request body."""
+
+    def __init__(self, key: str, task_id: Any) -> None:
+        self.key, self.task_id = key, task_id
+        super().__init__(
+            f"idempotency_key {key!r} was already used for task {task_id} with a different request body"
+        )
+
+
+class TaskStateError(Exception):
+    """The requested action does not fit the task's current status."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    content: bytes
+
+
+@dataclass
+class TaskSpec:
+    """What a producer asks for, validated by `task_spec_clean` before anything is written."""
+
+    tool: str
+    prompt: str
+    model: str = ""
+    input_files: list[InputFile] = field(default_factory=list)
+    output_files: list[str] = field(default_factory=list)
+    priority: int = 5
+    scheduled_at: datetime | None = None
+    max_attempts: int = 3
+    timeout_seconds: int | None = None
+    idempotency_key: str | None = None
+    worker_group: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        body = {
+            "tool": self.tool,
+            "prompt": self.prompt,
+            "model": self.model,
+            "input_files": [[f.path, hashlib.sha256(f.content).hexdigest()] for f in self.input_files],
+            "output_files": self.output_files,
+            "priority": self.priority,
+            "scheduled_at": self.scheduled_at.isoformat() if self.scheduled_at else None,
+            "max_attempts": self.max_attempts,
+            "timeout_seconds": self.timeout_seconds,
+            "worker_group": self.worker_group,
+            "metadata": self.metadata,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def input_file_from_payload(item: object, *, index: int) -> InputFile:
+    """`{"path", "content"}` (text) or `{"path", "content_base64"}`, as the API and intake send them."""
+    field_name = f"input_files[{index}]"
+    if not isinstance(item, dict):
+        raise validation.fail(field_name, "must be an object with 'path' and 'content' or 'content_base64'")
+    path = item.get("path")
+    if ("content" in item) == ("content_base64" in item):
+        raise validation.fail(field_name, "needs exactly one of 'content' or 'content_base64'")
+    if "content" in item:
+        if not isinstance(item["content"], str):
+            raise validation.fail(f"{field_name}.content", "must be a string")
+        content = item["content"].encode()
+    else:
+        raw = item["content_base64"]
+        try:
+            content = base64.b64decode(raw, validate=True) if isinstance(raw, str) else None
+        except (binascii.Error, ValueError):
+            content = None
+        if content is None:
+            raise validation.fail(f"{field_name}.content_base64", "must be valid base64")
+    return InputFile(path=path, content=content)  # type: ignore[arg-type]
+
+
+def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
+    """Check every rule; return the normalised spec and the pinned group. Writes nothing."""
+    errors: dict[str, list[str]] = {}
+
+    def check(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except ValidationError as exc:
+            for name, messages in exc.message_dict.items():
+                errors.setdefault(name, []).extend(messages)
+            return None
+
+    if spec.tool not in Tool.values:
+        errors["tool"] = [f"{spec.tool!r} is not a known tool; choose one of {', '.join(Tool.values)}"]
+    if not isinstance(spec.prompt, str) or not spec.prompt.strip():
+        errors["prompt"] = ["must be a non-empty string"]
+    elif len(spec.prompt) > settings.SCHEDULER_MAX_PROMPT_CHARS:
+        errors["prompt"] = [f"must be at most {settings.SCHEDULER_MAX_PROMPT_CHARS} characters"]
+    elif "\x00" in spec.prompt:
+        errors["prompt"] = ["must not contain NUL bytes"]
+    if not isinstance(spec.model, str) or len(spec.model) > 120 or not _plain_token(spec.model):
+        errors["model"] = ["must be a model name of at most 120 characters without spaces, or empty"]
+    if not isinstance(spec.priority, int) or isinstance(spec.priority, bool) or not 1 <= spec.priority <= 9:
+        errors["priority"] = ["must be an integer from 1 to 9 (9 is most urgent)"]
+    if not isinstance(spec.max_attempts, int) or isinstance(spec.max_attempts, bool) or not (
+        1 <= spec.max_attempts <= 20
+    ):
+        errors["max_attempts"] = ["must be an integer from 1 to 20"]
+    timeout = settings.SCHEDULER_DEFAULT_TIMEOUT if spec.timeout_seconds is None else spec.timeout_seconds
+    if (
+        not isinstance(timeout, int)
+        or isinstance(timeout, bool)
+        or not (1 <= timeout <= settings.SCHEDULER_MAX_TIMEOUT)
+    ):
+        errors["timeout_seconds"] = [f"must be an integer from 1 to {settings.SCHEDULER_MAX_TIMEOUT}"]
+    if spec.scheduled_at is not None and (
+        not isinstance(spec.scheduled_at, datetime) or timezone.is_naive(spec.scheduled_at)
+    ):
+        errors["scheduled_at"] = ["must be a timestamp with a timezone, e.g. 2026-12-01T09:00:00Z"]
+    if spec.idempotency_key is not None and (
+        not isinstance(spec.idempotency_key, str) or not 1 <= len(spec.idempotency_key) <= 200
+    ):
+        errors["idempotency_key"] = ["must be a string of 1 to 200 characters"]
+    if not isinstance(spec.metadata, dict):
+        errors["metadata"] = ["must be a JSON object"]
+
+    outputs: list[str] = []
+    if not isinstance(spec.output_files, list):
+        errors["output_files"] = ["must be a list of relative paths or glob patterns"]
+    else:
+        for i, pattern in enumerate(spec.output_files):
+            outputs.append(check(lambda p=pattern, i=i: validation.relative_path(
+                p, field=f"output_files[{i}]", allow_glob=True)))
+
+    inputs: list[InputFile] = []
+    total = 0
+    seen: set[str] = set()
+    for i, item in enumerate(spec.input_files):
+        path = check(lambda item=item, i=i: validation.relative_path(item.path, field=f"input_files[{i}].path"))
+        if path is None:
+            continue
+        if path in seen:
+            errors.setdefault(f"input_files[{i}].path", []).append(f"{path!r} is given twice")
+        seen.add(path)
+        size = len(item.content)
+        total += size
+        if size > settings.SCHEDULER_MAX_INPUT_BYTES:
+            errors.setdefault(f"input_files[{i}].content", []).append(
+                f"{path!r} is {size} bytes; the limit per input file is {settings.SCHEDULER_MAX_INPUT_BYTES}"
+            )
+        inputs.append(InputFile(path=path, content=item.content))
+    if total > settings.SCHEDULER_MAX_TOTAL_BYTES:
+        errors.setdefault("input_files", []).append(
+            f"inputs total {total} bytes; the limit is {settings.SCHEDULER_MAX_TOTAL_BYTES}"
+        )
+
+    group = None
+    if spec.worker_group is not None:
+        group = WorkerGroup.objects.filter(name=spec.worker_group).first()
+        if group is None:
+            errors["worker_group"] = [f"no worker group named {spec.worker_group!r}"]
+        elif group.tool != spec.tool:
+            errors["worker_group"] = [
+                f"group {group.name!r} runs {group.tool}, not {spec.tool}; pin a group of the task's tool"
+            ]
+    if errors:
+        raise ValidationError(errors)
+    cleaned = TaskSpec(
+        tool=spec.tool,
+        prompt=spec.prompt,
+        model=spec.model,
+        input_files=inputs,
+        output_files=outputs,
+        priority=spec.priority,
+        scheduled_at=spec.scheduled_at,
+        max_attempts=spec.max_attempts,
+        timeout_seconds=timeout,
+        idempotency_key=spec.idempotency_key,
+        worker_group=spec.worker_group,
+        metadata=spec.metadata,
+    )
+    return cleaned, group
+
+
+def _plain_token(value: str) -> bool:
+    return not value or (not any(c.isspace() for c in value) and not value.startswith("-"))
+
+
+def task_create(
+    *, spec: TaskSpec, tenant: str = "default", created_by: str = "", source: str, reason: str = ""
+) -> tuple[Task, bool]:
+    """Validate and create a queued task with its input files and first event.
+
+    Returns ``(task, created)``; an idempotent repeat returns the existing task and ``False``.
+    """
+    spec, group = task_spec_clean(spec)
+    fingerprint = spec.fingerprint()
+    if spec.idempotency_key:
+        existing = _idempotent_match(tenant, spec.idempotency_key, fingerprint)
+        if existing is not None:
+            return existing, False
+    # Large inputs go to storage before the transaction: no file I/O while holding the write lock.
+    file_rows = [
+        stored_file(task=None, run=None, direction=TaskFile.Direction.INPUT, path=f.path, data=f.content)
+        for f in spec.input_files
+    ]
+    try:
+        with transaction.atomic():
+            task = Task.objects.create(
+                tenant=tenant,
+                created_by=created_by,
+                tool=spec.tool,
+                model=spec.model,
+                prompt=spec.prompt,
+                output_files=spec.output_files,
+                priority=spec.priority,
+                scheduled_at=spec.scheduled_at,
+                worker_group=group,
+                worker_group_pinned=group is not None,
+                max_attempts=spec.max_attempts,
+                timeout_seconds=spec.timeout_seconds,
+                idempotency_key=spec.idempotency_key,
+                request_fingerprint=fingerprint,
+                metadata=spec.metadata,
+            )
+            for row in file_rows:
+                row.task = task
+            TaskFile.objects.bulk_create(file_rows)
+            _event(task, "", TaskStatus.QUEUED, source=source, actor=created_by, reason=reason or "created")
+            transaction.on_commit(request_dispatch)
+    except IntegrityError:
+        # Two identical requests raced past the first lookup; the unique constraint let one win.
+        if spec.idempotency_key:
+            existing = _idempotent_match(tenant, spec.idempotency_key, fingerprint)
+            if existing is not None:
+                return existing, False
+        raise
+    return task, True
+
+
+def _idempotent_match(tenant: str, key: str, fingerprint: str) -> Task | None:
+    existing = Task.objects.filter(tenant=tenant, idempotency_key=key).first()
+    if existing is None:
+        return None
+    if existing.request_fingerprint != fingerprint:
+        raise IdempotencyConflict(key, existing.pk)
+    return existing
+
+
+def stored_file(*, task: Task | None, run: Any, direction: str, path: str, data: bytes) -> TaskFile:
+    """A TaskFile row: small files inline in the row, larger ones through Django's storage API."""
+    row = TaskFile(
+        task=task,
+        run=run,
+        direction=direction,
+        path=path,
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        content_type=mimetypes.guess_type(path)[0] or "application/octet-stream",
+    )
+    if len(data) <= settings.SCHEDULER_INLINE_FILE_BYTES:
+        row.content = data
+    else:
+        row.file.save(path.replace("/", "__"), ContentFile(data), save=False)
+    return row
+
+
+def _event(task: Task, from_status: str, to_status: str, *, source: str, actor: str, reason: str,
+           data: dict[str, Any] | None = None) -> TaskEvent:
+    return TaskEvent.objects.create(
+        task=task, from_status=from_status, to_status=to_status, source=source, actor=actor or "",
+        reason=reason, data=data or {},
+    )
+
+
+def task_transition(
+    *,
+    task_id: Any,
+    to: str,
+    source: str,
+    actor: str = "",
+    reason: str = "",
+    data: dict[str, Any] | None = None,
+    expect: Iterable[str] | None = None,
+    updates: dict[str, Any] | None = None,
+) -> Task:
+    """The only writer of ``Task.status``: lock the row, check the lifecycle table, save, write the event.
+
+    ``expect`` narrows the allowed current statuses for this caller (a check-and-set); ``updates`` are
+    other fields changed in the same save. Raises `InvalidTransition` (writing nothing) otherwise.
+    """
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=task_id)
+        from_status = task.status
+        if expect is not None and from_status not in set(expect):
+            raise TaskStateError(f"task {task.pk} is {from_status}, expected {' or '.join(sorted(expect))}")
+        check_transition(from_status, to)
+        task.status = to
+        fields = {"status", "updated_at"}
+        for name, value in (updates or {}).items():
+            setattr(task, name, value)
+            fields.add(name)
+        task.save(update_fields=sorted(fields))
+        _event(task, from_status, to, source=source, actor=actor, reason=reason, data=data)
+    return task
+
+
+def task_cancel(*, task_id: Any, source: str, actor: str = "", reason: str = "") -> Task:
+    """Queued or leased: canceled at once. Running: flagged; the worker kills the CLI and ends it canceled."""
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=task_id)
+        if task.status in TERMINAL_STATUSES:
+            raise TaskStateError(f"task {task.pk} is already {task.status}; only unfinished tasks can be canceled")
+        reason = reason or f"canceled by {actor or source}"
+        if task.status == TaskStatus.RUNNING:
+            if task.cancel_requested_at is None:
+                task.cancel_requested_at = timezone.now()
+                task.metadata = {**task.metadata, "cancel": {"source": source, "actor": actor, "reason": reason}}
+                task.save(update_fields=["cancel_requested_at", "metadata", "updated_at"])
+            return task
+        return task_transition(
+            task_id=task.pk, to=TaskStatus.CANCELED, source=source, actor=actor, reason=reason,
+            updates={"finished_at": timezone.now(), "lease_token": None, "lease_expires_at": None},
+        )
+
+
+def task_retry(*, task_id: Any, source: str, actor: str = "", reason: str = "") -> Task:
+    """Re-queue a failed or canceled task with a fresh attempt budget."""
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=task_id)
+        if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELED):
+            raise TaskStateError(f"task {task.pk} is {task.status}; only failed or canceled tasks can be retried")
+        task = task_transition(
+            task_id=task.pk, to=TaskStatus.QUEUED, source=source, actor=actor,
+            reason=reason or f"retried by {actor or source}",
+            updates={
+                "attempt_base": task.attempt,
+                "next_attempt_at": None,
+                "error_message": "",
+                "finished_at": None,
+                "cancel_requested_at": None,
+                "worker_group": task.worker_group if task.worker_group_pinned else None,
+            },
+        )
+        transaction.on_commit(request_dispatch)
+    return task
+
+
+def request_dispatch() -> None:
+    """Ask the control queue for a dispatch pass (after commit, so the pass sees the new rows)."""
+    from workers.tasks import dispatch_task
+
+    dispatch_task.apply_async(queue="control")

@@ -1,0 +1,47 @@
+"""Input rules shared by every producer (API, schedulerctl, admin, schedules, intake).
+
+Each check raises `django.core.exceptions.ValidationError` with a ``{field: [message]}`` dict, so callers
+can name the field and the rule without knowing where the rule lives.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from django.core.exceptions import ValidationError
+
+MAX_PATH_CHARS = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_GLOB_CHARS = set("*?[")
+
+
+def fail(field: str, message: str) -> ValidationError:
+    return ValidationError({field: [message]})
+
+
+def relative_path(value: object, *, field: str, allow_glob: bool = False) -> str:
+    """A path confined to the job's work dir: relative, normalised, no `..`, no tricks."""
+    if not isinstance(value, str) or not value:
+        raise fail(field, "must be a non-empty string")
+    if len(value) > MAX_PATH_CHARS:
+        raise fail(field, f"must be at most {MAX_PATH_CHARS} characters")
+    if _CONTROL.search(value):
+        raise fail(field, f"{value!r} contains a NUL or control character")
+    if "\\" in value:
+        raise fail(field, f"{value!r} contains a backslash; use '/' between segments")
+    if value.startswith("/") or re.match(r"^[A-Za-z]:", value) or value.startswith("~"):
+        raise fail(field, f"{value!r} must be relative to the job's work dir, not absolute")
+    segments = value.split("/")
+    if ".." in segments:
+        raise fail(field, f"{value!r} must not contain '..' segments")
+    normalised = posixpath.normpath(value)
+    if normalised in (".", "") or normalised.startswith("../"):
+        raise fail(field, f"{value!r} does not name a file inside the work dir")
+    if not allow_glob and _GLOB_CHARS & set(normalised):
+        raise fail(field, f"{value!r} must be a plain path, not a glob pattern")
+    return normalised
+
+
+def is_glob(pattern: str) -> bool:
+    return bool(_GLOB_CHARS & set(pattern))

@@ -1,0 +1,87 @@
+"""Plain data passed into and out of the executors. No ORM here: executors run with no DB connection held."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+
+class Control(Enum):
+    """What the heartbeat tells a running execution."""
+
+    CONTINUE = "continue"
+    CANCEL = "cancel"  # an operator canceled the task
+    LEASE_LOST = "lease_lost"  # another worker owns the task now (we were too slow or paused)
+
+
+Heartbeat = Callable[[], Control]
+
+
+class ConfigurationError(Exception):
+    """The group's settings cannot produce a safe command (e.g. a dangerous flag that is not allowed)."""
+
+
+@dataclass(frozen=True)
+class ExecutionSpec:
+    tool: str
+    argv: list[str]
+    stdin: bytes
+    env: dict[str, str]
+    work_dir: Path
+    input_files: list[tuple[str, bytes]] = field(default_factory=list)
+    output_patterns: list[str] = field(default_factory=list)
+    timeout_seconds: float = 3600.0
+    kill_grace_seconds: float = 10.0
+    stdout_limit: int = 1024 * 1024
+    max_output_bytes: int = 10 * 1024 * 1024
+    max_total_output_bytes: int = 50 * 1024 * 1024
+    keep_work_dir: bool = False
+    heartbeat_interval: float = 5.0
+    secrets: tuple[str, ...] = ()  # values scrubbed from anything recorded (stdout, stderr, messages)
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    path: str
+    data: bytes
+
+
+@dataclass
+class Parsed:
+    """What an adapter reads from the CLI's machine-readable output."""
+
+    failure_kind: str = ""  # "" means success
+    error_message: str = ""
+    final_message: str = ""
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    retry_after_seconds: float | None = None
+    details: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class ExecutionResult:
+    command: list[str]
+    exit_code: int | None = None
+    stdout: str = ""
+    stdout_truncated: bool = False
+    stderr: str = ""
+    stderr_truncated: bool = False
+    failure_kind: str = ""
+    error_message: str = ""
+    final_message: str = ""
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    retry_after_seconds: float | None = None
+    latency_ms: int | None = None
+    outputs: list[OutputFile] = field(default_factory=list)
+    output_errors: list[str] = field(default_factory=list)
+    details: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.failure_kind

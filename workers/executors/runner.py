@@ -1,0 +1,227 @@
+"""Run one CLI process: fresh work dir, clean env, bounded capture, timeout and cancel by process group."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from typing import IO
+
+from workers.executors.adapters import Adapter, adapter_for
+from workers.executors.base import Control, ExecutionResult, ExecutionSpec, Heartbeat
+from workers.executors.confinement import ConfinementError, collect_outputs, write_input
+
+logger = logging.getLogger(__name__)
+
+READ_CHUNK = 64 * 1024
+
+
+class BoundedBuffer:
+    """Keeps the first and last `limit/2` bytes of a stream: memory stays bounded whatever the CLI prints,
+    and both the start (errors at startup) and the end (the JSON result) survive."""
+
+    def __init__(self, limit: int) -> None:
+        self.head_limit = limit // 2
+        self.tail_limit = limit - self.head_limit
+        self.head = bytearray()
+        self.tail: collections.deque[bytes] = collections.deque()
+        self.tail_size = 0
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.head_limit - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if not chunk:
+            return
+        self.tail.append(chunk)
+        self.tail_size += len(chunk)
+        while self.tail and self.tail_size - len(self.tail[0]) >= self.tail_limit:
+            self.tail_size -= len(self.tail.popleft())
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > len(self.head) + self.tail_size or self.tail_size > self.tail_limit
+
+    def value(self) -> bytes:
+        tail = b"".join(self.tail)[-self.tail_limit:] if self.tail_limit else b""
+        if self.truncated:
+            skipped = self.total - len(self.head) - len(tail)
+            return bytes(self.head) + f"\n[... {skipped} bytes truncated ...]\n".encode() + tail
+        return bytes(self.head) + tail
+
+
+def _drain(stream: IO[bytes], buffer: BoundedBuffer) -> None:
+    with contextlib.suppress(ValueError, OSError):
+        for chunk in iter(lambda: stream.read1(READ_CHUNK), b""):  # type: ignore[attr-defined]
+            buffer.feed(chunk)
+
+
+def _feed_stdin(stream: IO[bytes], data: bytes) -> None:
+    # A CLI that exits without reading its prompt closes the pipe; that is its business, not an error here.
+    with contextlib.suppress(BrokenPipeError, OSError):
+        stream.write(data)
+    with contextlib.suppress(BrokenPipeError, OSError):
+        stream.close()
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def terminate_group(proc: subprocess.Popen[bytes], grace_seconds: float) -> None:
+    """SIGTERM the whole process group, SIGKILL whatever is left after the grace period."""
+    pgid = proc.pid
+    _kill_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        try:
+            proc.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            continue
+        if not _group_alive(pgid):
+            return
+    _kill_group(pgid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def execute(spec: ExecutionSpec, *, heartbeat: Heartbeat | None = None) -> ExecutionResult:
+    """Run the CLI described by `spec`; never raises for anything the CLI or its files do."""
+    adapter = adapter_for(spec.tool)
+    result = ExecutionResult(command=list(spec.argv))
+    try:
+        spec.work_dir.mkdir(parents=True, exist_ok=False, mode=0o700)
+    except OSError as exc:
+        result.failure_kind, result.error_message = "internal", f"cannot create work dir: {exc.strerror}"
+        return result
+    try:
+        for relative, data in spec.input_files:
+            write_input(spec.work_dir, relative, data)
+        _run_process(spec, adapter, result, heartbeat)
+    except ConfinementError as exc:
+        result.failure_kind, result.error_message = "internal", f"input refused: {exc}"
+    finally:
+        if not spec.keep_work_dir:
+            shutil.rmtree(spec.work_dir, ignore_errors=True)
+    result.stdout = scrub(result.stdout, spec.secrets)
+    result.stderr = scrub(result.stderr, spec.secrets)
+    result.error_message = scrub(result.error_message, spec.secrets)
+    result.final_message = scrub(result.final_message, spec.secrets)
+    return result
+
+
+def _run_process(
+    spec: ExecutionSpec, adapter: Adapter, result: ExecutionResult, heartbeat: Heartbeat | None
+) -> None:
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            spec.argv,
+            cwd=spec.work_dir,
+            env=spec.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: timeouts and cancels kill everything it spawned
+            close_fds=True,
+        )
+    except FileNotFoundError:
+        setting = f"SCHEDULER_{spec.tool.upper()}_BIN"
+        result.failure_kind = "cli_missing"
+        result.error_message = f"{spec.argv[0]} not found: set {setting} or install {spec.tool}"
+        return
+    except PermissionError:
+        result.failure_kind = "cli_missing"
+        result.error_message = f"{spec.argv[0]} is not executable"
+        return
+
+    stdout, stderr = BoundedBuffer(spec.stdout_limit), BoundedBuffer(spec.stdout_limit)
+    threads = [
+        threading.Thread(target=_drain, args=(proc.stdout, stdout), daemon=True),
+        threading.Thread(target=_drain, args=(proc.stderr, stderr), daemon=True),
+        threading.Thread(target=_feed_stdin, args=(proc.stdin, spec.stdin), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+
+    stopped: str = ""
+    deadline = started + spec.timeout_seconds
+    next_beat = started + spec.heartbeat_interval if heartbeat is not None else float("inf")
+    while True:
+        now = time.monotonic()
+        wait_for = max(0.0, min(deadline, next_beat) - now)
+        try:
+            proc.wait(timeout=min(wait_for, 1.0))
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if now >= deadline:
+            stopped = "timeout"
+        elif heartbeat is not None and now >= next_beat:
+            next_beat = now + spec.heartbeat_interval
+            control = heartbeat()
+            if control is not Control.CONTINUE:
+                stopped = control.value
+        if stopped:
+            terminate_group(proc, spec.kill_grace_seconds)
+            break
+    # The CLI is done; anything it left behind in its group (shells, MCP servers) goes too.
+    _kill_group(proc.pid, signal.SIGKILL)
+    for thread in threads:
+        thread.join(timeout=5)
+    result.latency_ms = int((time.monotonic() - started) * 1000)
+    result.exit_code = proc.returncode
+    raw_out, raw_err = stdout.value(), stderr.value()
+    result.stdout, result.stdout_truncated = raw_out.decode(errors="replace"), stdout.truncated
+    result.stderr, result.stderr_truncated = raw_err.decode(errors="replace"), stderr.truncated
+
+    parsed = adapter.parse(stdout=raw_out, stderr=raw_err, exit_code=proc.returncode)
+    result.final_message = parsed.final_message
+    result.input_tokens, result.output_tokens, result.cost_usd = (
+        parsed.input_tokens, parsed.output_tokens, parsed.cost_usd,
+    )
+    result.details = parsed.details
+    if stopped:
+        # A run the executor killed is never a success, whatever the exit code (gemini exits 0 on SIGTERM).
+        result.failure_kind = {"timeout": "timeout", "cancel": "canceled", "lease_lost": "worker_lost"}[stopped]
+        result.error_message = {
+            "timeout": f"timed out after {spec.timeout_seconds:g}s; the CLI's process group was killed",
+            "cancel": "canceled while running; the CLI's process group was killed",
+            "lease_lost": "lease lost to another worker; this run was stopped",
+        }[stopped]
+        return
+    result.failure_kind, result.error_message = parsed.failure_kind, parsed.error_message
+    result.retry_after_seconds = parsed.retry_after_seconds
+    if result.succeeded:
+        result.outputs, result.output_errors = collect_outputs(
+            spec.work_dir, spec.output_patterns,
+            max_bytes=spec.max_output_bytes, max_total_bytes=spec.max_total_output_bytes,
+        )

@@ -1,0 +1,51 @@
+"""Turn a RunContext (what the database says) into an ExecutionSpec (what the executor runs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from django.conf import settings
+
+from tasks_app.services.runs import RunContext
+from workers.executors import ExecutionSpec, adapter_for
+
+# From the worker's own environment only these reach the CLI: never DATABASE_URL, SECRET_KEY, the broker
+# URL or another account's keys, which a worker box may well have in its environment.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+
+
+def child_env(ctx: RunContext) -> dict[str, str]:
+    env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
+    env.setdefault("LANG", "C.UTF-8")
+    env.update(adapter_for(ctx.tool).child_env)
+    env.update(ctx.group_env)
+    env.update(ctx.credentials)  # credentials win on a clash (SPEC §2)
+    return env
+
+
+def execution_spec(ctx: RunContext) -> ExecutionSpec:
+    adapter = adapter_for(ctx.tool)
+    binary = getattr(settings, f"SCHEDULER_{ctx.tool.upper()}_BIN")
+    argv = adapter.build(
+        binary=binary, model=ctx.model, extra_args=ctx.extra_args,
+        allow_dangerous=ctx.allow_dangerous_flags and settings.SCHEDULER_ALLOW_DANGEROUS_FLAGS,
+    )
+    work_dir = Path(settings.SCHEDULER_WORK_DIR) / f"{ctx.task_id}-{ctx.attempt}"
+    return ExecutionSpec(
+        tool=ctx.tool,
+        argv=argv,
+        stdin=ctx.prompt.encode(),
+        env=child_env(ctx),
+        work_dir=work_dir,
+        input_files=ctx.input_files,
+        output_patterns=ctx.output_patterns,
+        timeout_seconds=float(ctx.timeout_seconds),
+        kill_grace_seconds=settings.SCHEDULER_KILL_GRACE_SECONDS,
+        stdout_limit=settings.SCHEDULER_STDOUT_LIMIT,
+        max_output_bytes=settings.SCHEDULER_MAX_OUTPUT_BYTES,
+        max_total_output_bytes=settings.SCHEDULER_MAX_TOTAL_BYTES,
+        keep_work_dir=settings.SCHEDULER_KEEP_WORK_DIRS,
+        heartbeat_interval=max(0.5, settings.SCHEDULER_LEASE_SECONDS / 4),
+        secrets=tuple(v for v in ctx.credentials.values() if v),
+    )

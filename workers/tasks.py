@@ -1,0 +1,77 @@
+"""Celery tasks: thin. They take ids, call services, and are safe to receive twice."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+from celery import shared_task
+from django.conf import settings
+from django.db import close_old_connections
+
+from tasks_app.services.dispatch import Lease, dispatch_runnable
+from tasks_app.services.runs import leases_reconcile, run_finish, run_heartbeat, run_start
+from workers.executors import ConfigurationError, ExecutionResult, execute
+from workers.spec import execution_spec
+
+logger = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# Early ack (settings): a lost run is recovered by the lease and the reconciler, never by redelivery.
+@shared_task(bind=True, name="workers.execute_run", ignore_result=True)
+def execute_run_task(self, task_id: str, lease_token: str) -> None:
+    worker = worker_id()
+    ctx = run_start(task_id=task_id, lease_token=lease_token, worker=worker, celery_task_id=self.request.id or "")
+    if ctx is None:
+        return  # duplicate or late delivery: the lease moved on
+    try:
+        spec = execution_spec(ctx)
+    except ConfigurationError as exc:
+        result = ExecutionResult(command=[], failure_kind="internal", error_message=str(exc))
+    else:
+        def heartbeat():  # noqa: ANN202 - called from the executor's wait loop, in this thread
+            close_old_connections()
+            return run_heartbeat(task_id=ctx.task_id, lease_token=ctx.lease_token)
+
+        close_old_connections()  # hold no idle DB connection state across a long CLI run
+        result = execute(spec, heartbeat=heartbeat)
+    run_finish(run_id=ctx.run_id, lease_token=ctx.lease_token, result=result, worker=worker)
+
+
+def send_execute(lease: Lease) -> None:
+    execute_run_task.apply_async(args=[str(lease.task_id), str(lease.lease_token)], queue=lease.queue)
+
+
+@shared_task(name="workers.dispatch", ignore_result=True)
+def dispatch_task() -> int:
+    return len(dispatch_runnable())
+
+
+@shared_task(name="workers.tick", ignore_result=True)
+def tick_task() -> None:
+    """Periodic safety net: recover expired leases, dispatch, prune the embedded broker's processed files."""
+    leases_reconcile()
+    dispatch_runnable()
+    prune_processed_messages()
+
+
+def prune_processed_messages(max_age_seconds: float = 600.0) -> int:
+    folder = settings.EMBEDDED_BROKER_PROCESSED_DIR
+    if not settings.CELERY_BROKER_URL.startswith("filesystem://") or not folder.is_dir():
+        return 0
+    cutoff = time.time() - max_age_seconds
+    removed = 0
+    for entry in os.scandir(folder):
+        try:
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            continue  # another process pruned it first
+    return removed
