@@ -137,6 +137,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # Poll often: the folder listing is cheap and dispatch latency is what users feel.
         "polling_interval": 0.1,
     }
+elif env.str("SCHEDULER_BROKER_PREFIX", default=""):
+    # Namespaces every key on a shared Redis (tests use one prefix per session; never a flush).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": env.str("SCHEDULER_BROKER_PREFIX")}
 EMBEDDED_BROKER_PROCESSED_DIR = _EMBEDDED_BROKER_DIR / "processed"
 # No result backend: the database (Task, TaskRun) is the source of truth for outcomes.
 CELERY_TASK_IGNORE_RESULT = True

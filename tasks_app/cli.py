@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--credential-from-env", action="append", default=[], metavar="KEY",
                        help="take KEY's value from this shell's environment (keeps it out of history)")
         p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
-        p.add_argument("--extra-arg", action="append", default=[], metavar="--FLAG[=VALUE]")
+        p.add_argument("--extra-arg", action="append", default=[], metavar="--FLAG[=VALUE]",
+                       help="an allow-listed CLI flag; write it as --extra-arg=--max-turns=5")
         p.add_argument("--allow-dangerous-flags", action=argparse.BooleanOptionalAction, default=None)
     for name in ("pause", "resume"):
         groups.add_parser(name).add_argument("name")
@@ -133,7 +134,9 @@ def parse_time(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise CommandError(f"--at {text!r}: expected an ISO 8601 time (2026-12-01T09:00:00Z) or +30s/+10m/+2h") from None
+        raise CommandError(
+            f"--at {text!r}: expected an ISO 8601 time (2026-12-01T09:00:00Z) or +30s/+10m/+2h"
+        ) from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -403,3 +406,7 @@ def main(argv: list[str] | None = None) -> None:
 
     django.setup()
     sys.exit(run(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

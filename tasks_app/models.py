@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q

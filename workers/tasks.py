@@ -35,7 +35,7 @@ def execute_run_task(self, task_id: str, lease_token: str) -> None:
     except ConfigurationError as exc:
         result = ExecutionResult(command=[], failure_kind="internal", error_message=str(exc))
     else:
-        def heartbeat():  # noqa: ANN202 - called from the executor's wait loop, in this thread
+        def heartbeat():
             close_old_connections()
             return run_heartbeat(task_id=ctx.task_id, lease_token=ctx.lease_token)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 RATE_LIMIT_PATTERNS = re.compile(
@@ -58,14 +58,14 @@ def _zone(name: str | None) -> timezone | ZoneInfo:
         except (ZoneInfoNotFoundError, ValueError):
             pass
     local = datetime.now().astimezone().tzinfo
-    return local if isinstance(local, timezone | ZoneInfo) else timezone.utc
+    return local if isinstance(local, timezone | ZoneInfo) else UTC
 
 
 def retry_after_from_text(text: str, *, now: datetime | None = None) -> float | None:
     """Seconds until the reset a CLI names in text ("retry in 34.8s", "resets 11pm (Europe/Lisbon)",
     "try again at 3:28 PM"); None when it names none. Clock times are the box's local time unless a zone
     is given, and a time already past today means tomorrow."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if match := _RETRY_IN.search(text):
         value = float(match.group(1))
         return value / 1000 if match.group(2).lower() == "ms" else value

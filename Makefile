@@ -1,0 +1,42 @@
+# CLI Scheduler: `make run` starts everything on one box (embedded SQLite + file broker); `make test` tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+PG_URL ?= postgres://postgres@127.0.0.1:5432/cli_scheduler
+REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: install run test test-postgres test-embedded lint bench clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) manage.py start
+
+# Production stack (PostgreSQL + Redis, both real) and then the end-to-end path on the embedded default.
+test: install lint test-postgres test-embedded
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test-postgres: install
+	tmp=$$(mktemp -d) && \
+	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=$(REDIS_URL) SCHEDULER_BROKER_PREFIX="test-$$$$-$$RANDOM:" \
+	SCHEDULER_VAR_DIR=$$tmp $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; rm -rf $$tmp; exit $$rc
+
+test-embedded: install
+	tmp=$$(mktemp -d) && env -u DATABASE_URL -u CELERY_BROKER_URL \
+	SCHEDULER_VAR_DIR=$$tmp $(PY) -m pytest -q -m e2e $(PYTEST_ARGS); rc=$$?; rm -rf $$tmp; exit $$rc
+
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var

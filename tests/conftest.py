@@ -1,0 +1,124 @@
+"""Shared fixtures. End-to-end tests start real Celery worker processes on the configured broker and
+database (the test database, committed through `transactional_db`); only the LLM CLIs are stand-ins."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKES_BIN = Path(__file__).resolve().parent / "fakes" / "bin"
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05,
+               message: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def fake_bins(settings: Any) -> dict[str, str]:
+    """Point the executors at the stand-in CLIs (in this process)."""
+    bins = {tool: str(FAKES_BIN / tool) for tool in ("claude", "codex", "gemini")}
+    for tool, path in bins.items():
+        setattr(settings, f"SCHEDULER_{tool.upper()}_BIN", path)
+    return bins
+
+
+def test_database_url() -> str:
+    info = connection.settings_dict
+    if connection.vendor == "postgresql":
+        auth = info["USER"] + (f":{info['PASSWORD']}" if info.get("PASSWORD") else "")
+        return f"postgres://{auth}@{info['HOST'] or '127.0.0.1'}:{info['PORT'] or 5432}/{info['NAME']}"
+    return f"sqlite:///{info['NAME']}"
+
+
+class WorkerProcesses:
+    """Real `celery -A workers worker` processes, stopped (SIGTERM, then SIGKILL) at teardown."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            DJANGO_SETTINGS_MODULE="scheduler_site.settings",
+            DATABASE_URL=test_database_url(),
+            CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+            SCHEDULER_VAR_DIR=str(settings.VAR_DIR),
+            SCHEDULER_WORK_DIR=str(self.log_dir / "work"),
+            SCHEDULER_CLAUDE_BIN=str(FAKES_BIN / "claude"),
+            SCHEDULER_CODEX_BIN=str(FAKES_BIN / "codex"),
+            SCHEDULER_GEMINI_BIN=str(FAKES_BIN / "gemini"),
+            SCHEDULER_KILL_GRACE_SECONDS="2",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra or {})
+        return env
+
+    def start(self, queues: str, *, concurrency: int = 2, name: str | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        name = name or f"w{len(self.procs)}-{queues.replace(',', '_')}"
+        log = self.log_dir / f"{name}.log"
+        console = (self.log_dir / f"{name}.out").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queues, "-c", str(concurrency),
+             "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "-f", str(log)],
+            cwd=ROOT, env=self.env(env), stdout=console, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        console.close()
+        self.procs.append((proc, log))
+        wait_until(lambda: (log.exists() and "ready." in log.read_text(errors="replace")) or proc.poll() is not None,
+                   timeout=60, message=f"worker {name} to be ready")
+        if proc.poll() is not None:
+            output = (self.log_dir / f"{name}.out").read_text(errors="replace")
+            raise AssertionError(f"worker {name} exited with {proc.returncode}:\n{output[-3000:]}")
+        return proc
+
+    def stop(self) -> None:
+        for proc, _ in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc, _ in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}"
+                         for _, log in self.procs if log.exists())
+
+
+@pytest.fixture
+def workers(transactional_db: None, tmp_path: Path) -> Iterator[WorkerProcesses]:
+    if settings.CELERY_BROKER_URL.startswith("redis") and not os.environ.get("SCHEDULER_BROKER_PREFIX"):
+        pytest.fail("set SCHEDULER_BROKER_PREFIX so tests never share queues on the machine's Redis")
+    pool = WorkerProcesses(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.stop()

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from tasks_app.cli import run
+from tasks_app.models import Task, TaskEvent, TaskFile, WorkerGroup
+from tests.factories import WorkerGroupFactory
+
+pytestmark = pytest.mark.django_db
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _json(capsys) -> object:
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["enqueue", "cursor", "hi"], "tool: 'cursor' is not a known tool"),
+        (["enqueue", "claude", "hi", "--priority", "10"], "priority: must be an integer from 1 to 9"),
+        (["enqueue", "claude", "hi", "--priority", "x"], "argument --priority: invalid int value"),
+        (["enqueue", "claude", "hi", "--output", "../../etc/passwd"], "output_files[0]: '../../etc/passwd'"),
+        (["enqueue", "claude", "hi", "--input", "/nonexistent/file"], "--input '/nonexistent/file': no such file"),
+        (["enqueue", "claude", "hi", "--group", "claude-nope"], "worker_group: no worker group named"),
+        (["enqueue", "claude", "hi", "--at", "tomorrowish"], "--at 'tomorrowish': expected an ISO 8601 time"),
+        (["enqueue", "claude", ""], "prompt: must be a non-empty string"),
+        (["enqueue", "claude", "hi", "--timeout", "0"], "timeout_seconds: must be an integer"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_enqueue_input_exits_2_with_one_line_and_creates_nothing(argv, message, capsys) -> None:
+    code = run(argv)
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("schedulerctl: error: ")
+    assert message in err
+    assert (Task.objects.count(), TaskEvent.objects.count(), TaskFile.objects.count()) == (0, 0, 0)
+
+
+def test_enqueue_json_with_input_file_then_get_list_cancel(tmp_path, capsys) -> None:
+    WorkerGroupFactory(account="main")
+    local = tmp_path / "notes.txt"
+    local.write_text("read me")
+
+    assert run(["enqueue", "claude", "summarise", "--input", f"{local}:docs/notes.txt", "--output", "out.md",
+                "--priority", "8", "--model", "sonnet", "--group", "claude-main", "--json"]) == 0
+    created = _json(capsys)
+    task = Task.objects.get(pk=created["id"])
+    assert (task.priority, task.model, task.worker_group.name, task.output_files) == (8, "sonnet", "claude-main",
+                                                                                      ["out.md"])
+    assert TaskFile.objects.get(task=task).read_bytes() == b"read me"
+
+    assert run(["--json", "get", created["id"][:8]]) == 0
+    assert _json(capsys)["files"][0]["path"] == "docs/notes.txt"
+    assert run(["list", "--json", "--status", "queued"]) == 0
+    assert [row["id"] for row in _json(capsys)] == [created["id"]]
+    assert run(["cancel", created["id"], "--json"]) == 0
+    assert _json(capsys)["status"] == "canceled"
+    assert run(["cancel", created["id"]]) == 1
+    assert "already canceled" in capsys.readouterr().err
+
+
+def test_get_unknown_task_exits_1(capsys) -> None:
+    assert run(["get", "deadbeef"]) == 1
+    assert "no task 'deadbeef'" in capsys.readouterr().err
+
+
+def test_groups_add_set_pause_never_print_credential_values(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("TEAM_KEY", "sk-from-env-secret")
+
+    assert run(["groups", "add", "claude", "team-a", "--max-concurrent", "3", "--credential",
+                "ANTHROPIC_API_KEY=sk-inline-secret", "--env", "CLAUDE_CONFIG_DIR=/srv/a", "--json"]) == 0
+    assert run(["groups", "set", "claude-team-a", "--credential-from-env", "TEAM_KEY", "--max-concurrent", "4"]) == 0
+    assert run(["groups", "pause", "claude-team-a"]) == 0
+    assert run(["--json", "groups", "list"]) == 0
+    out = capsys.readouterr().out
+
+    group = WorkerGroup.objects.get(name="claude-team-a")
+    assert group.credentials == {"ANTHROPIC_API_KEY": "sk-inline-secret", "TEAM_KEY": "sk-from-env-secret"}
+    assert (group.max_concurrent, group.enabled, group.env) == (4, False, {"CLAUDE_CONFIG_DIR": "/srv/a"})
+    assert "sk-inline-secret" not in out and "sk-from-env-secret" not in out
+    assert "sk-inline-secret" not in group.credentials_encrypted
+    assert '"credentials": ["ANTHROPIC_API_KEY", "TEAM_KEY"]' in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["groups", "add", "claude", "Bad_Account"], "account: must be lowercase"),
+        (["groups", "add", "claude", "x", "--max-concurrent", "0"], "max_concurrent: must be an integer from 1"),
+        (["groups", "add", "claude", "x", "--extra-arg=--dangerously-skip-permissions"], "is dangerous"),
+        (["groups", "add", "claude", "x", "--extra-arg=--mcp-config=/etc/x"], "is not allowed for claude"),
+        (["groups", "add", "claude", "x", "--env", "DATABASE_URL=postgres://x"], "DATABASE_URL is reserved"),
+        (["groups", "add", "claude", "x", "--credential", "NOVALUE"], "expected KEY=VALUE"),
+        (["groups", "set", "claude-none", "--max-concurrent", "2"], "no worker group named 'claude-none'"),
+    ],
+)
+def test_bad_group_input_exits_2_and_writes_nothing(argv, message, capsys) -> None:
+    assert run(argv) == 2
+    assert message in capsys.readouterr().err
+    assert WorkerGroup.objects.count() == 0
+
+
+def test_dangerous_extra_args_need_group_and_global_switch(settings, capsys) -> None:
+    argv = ["groups", "add", "claude", "x", "--allow-dangerous-flags",
+            "--extra-arg=--permission-mode=bypassPermissions"]
+    settings.SCHEDULER_ALLOW_DANGEROUS_FLAGS = False
+    assert run(argv) == 2
+    settings.SCHEDULER_ALLOW_DANGEROUS_FLAGS = True
+    assert run(argv) == 0
+    assert WorkerGroup.objects.get().extra_args == ["--permission-mode=bypassPermissions"]
+
+
+def test_start_no_run_seeds_demo_groups_and_writes_procfile(settings, tmp_path) -> None:
+    settings.VAR_DIR = tmp_path
+
+    call_command("start", "--no-run", "--port", "8123")
+
+    assert sorted(WorkerGroup.objects.values_list("name", flat=True)) == ["claude-main", "codex-main", "gemini-main"]
+    lines = (tmp_path / "Procfile.local").read_text().splitlines()
+    names = [line.split(":")[0] for line in lines]
+    assert names == ["web", "beat", "control", "claude-main", "codex-main", "gemini-main"]
+    assert "-Q claude-main -c 2" in lines[3]
+    assert (tmp_path / "admin_password").exists()
+
+
+def test_console_script_and_manage_py_entry_points_report_errors_the_same_way() -> None:
+    script = Path(sys.executable).parent / "schedulerctl"
+    for argv in ([str(script), "enqueue", "claude", "hi", "--priority", "0"],
+                 [sys.executable, "manage.py", "schedulerctl", "enqueue", "claude", "hi", "--priority", "0"]):
+        proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines()[-1] == (
+            "schedulerctl: error: priority: must be an integer from 1 to 9 (9 is most urgent)")

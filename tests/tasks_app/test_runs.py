@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tasks_app.models import TaskEvent, TaskFile, TaskRun
+from tasks_app.services.dispatch import dispatch_runnable
+from tasks_app.services.runs import backoff_seconds, leases_reconcile, run_finish, run_heartbeat, run_start
+from tasks_app.services.tasks import InputFile, TaskSpec, task_cancel, task_create
+from tests.factories import WorkerGroupFactory
+from workers.executors import Control, ExecutionResult, OutputFile
+
+pytestmark = pytest.mark.django_db
+
+
+def _leased(**spec_kwargs):
+    group = WorkerGroupFactory(account="main", max_concurrent=5, env={"A": "1"})
+    group.credentials = {"ANTHROPIC_API_KEY": "sk-secret-value"}
+    group.save()
+    task, _ = task_create(spec=TaskSpec(tool="claude", prompt="p", **spec_kwargs), source="api")
+    (lease,) = dispatch_runnable()
+    return task, lease, group
+
+
+def _events(task) -> list[tuple[str, str]]:
+    events = TaskEvent.objects.filter(task=task).order_by("created_at", "id")
+    return list(events.values_list("from_status", "to_status"))
+
+
+def test_run_start_opens_a_run_with_everything_the_worker_needs() -> None:
+    task, lease, _ = _leased(input_files=[InputFile("in/a.txt", b"A")], output_files=["out.txt"])
+
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="box:1", celery_task_id="c1")
+
+    assert ctx is not None
+    assert (ctx.attempt, ctx.group_name) == (1, "claude-main")
+    assert (ctx.input_files, ctx.output_patterns) == ([("in/a.txt", b"A")], ["out.txt"])
+    assert ctx.credentials == {"ANTHROPIC_API_KEY": "sk-secret-value"} and ctx.group_env == {"A": "1"}
+    assert "sk-secret-value" not in repr(ctx)
+    task.refresh_from_db()
+    assert (task.status, task.attempt) == ("running", 1)
+    run = TaskRun.objects.get(task=task)
+    assert (run.attempt, run.worker, run.celery_task_id, run.status) == (1, "box:1", "c1", "running")
+
+
+def test_run_start_drops_stale_or_duplicate_messages() -> None:
+    task, lease, _ = _leased()
+
+    assert run_start(task_id=task.pk, lease_token=uuid.uuid4(), worker="w") is None
+    assert run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w") is not None
+    assert run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w") is None  # redelivered
+    assert TaskRun.objects.filter(task=task).count() == 1
+
+
+def test_run_finish_success_stores_run_outputs_and_result() -> None:
+    task, lease, _ = _leased(output_files=["out.txt"])
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+    result = ExecutionResult(command=["claude", "-p"], exit_code=0, stdout="{}", final_message="ok",
+                             input_tokens=10, output_tokens=5, cost_usd=0.01, latency_ms=120,
+                             outputs=[OutputFile("out.txt", b"hello")])
+
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, result=result, worker="w")
+
+    task.refresh_from_db()
+    assert task.status == "succeeded" and task.result["final_message"] == "ok" and task.lease_token is None
+    run = TaskRun.objects.get(pk=ctx.run_id)
+    assert (run.status, run.exit_code, run.input_tokens, run.output_tokens, run.command) == (
+        "succeeded", 0, 10, 5, ["claude", "-p"])
+    out = TaskFile.objects.get(task=task, direction="output")
+    assert (out.path, out.read_bytes(), out.run_id) == ("out.txt", b"hello", run.pk)
+    assert out.sha256 == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    assert _events(task) == [("", "queued"), ("queued", "leased"), ("leased", "running"), ("running", "succeeded")]
+
+
+def test_rate_limited_run_is_requeued_after_the_reset_and_cools_the_group(settings) -> None:
+    settings.SCHEDULER_RETRY_BASE_SECONDS = 1
+    task, lease, group = _leased()
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+    before = timezone.now()
+
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
+               result=ExecutionResult(command=[], exit_code=1, failure_kind="rate_limited",
+                                      error_message="limit", retry_after_seconds=120))
+
+    task.refresh_from_db()
+    group.refresh_from_db()
+    assert task.status == "queued" and task.worker_group is None  # unpinned: may move to another account
+    assert task.next_attempt_at >= before + timedelta(seconds=120)
+    assert group.rate_limited_until >= before + timedelta(seconds=120)
+    assert TaskRun.objects.get(pk=ctx.run_id).failure_kind == "rate_limited"
+
+
+def test_non_retryable_failure_fails_at_once_and_exhausted_retries_fail() -> None:
+    task, lease, _ = _leased()
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
+               result=ExecutionResult(command=[], exit_code=1, failure_kind="auth", error_message="Invalid API key"))
+
+    task.refresh_from_db()
+    assert (task.status, task.error_message) == ("failed", "Invalid API key")
+    assert "not retryable" in TaskEvent.objects.filter(task=task).last().reason
+
+
+def test_provider_errors_stop_after_max_attempts() -> None:
+    task, lease, _ = _leased(max_attempts=1)
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
+               result=ExecutionResult(command=[], failure_kind="provider_error", error_message="500"))
+
+    task.refresh_from_db()
+    assert task.status == "failed"
+    assert "no attempts left" in TaskEvent.objects.filter(task=task).last().reason
+
+
+def test_a_fenced_worker_result_is_dropped() -> None:
+    task, lease, _ = _leased()
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="slow")
+    task.lease_expires_at = timezone.now() - timedelta(seconds=1)
+    task.save(update_fields=["lease_expires_at"])
+    assert leases_reconcile() == 1  # presumed lost: retried
+
+    assert run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="slow",
+                      result=ExecutionResult(command=[], exit_code=0)) is None
+    assert run_heartbeat(task_id=task.pk, lease_token=lease.lease_token) is Control.LEASE_LOST
+    task.refresh_from_db()
+    assert task.status == "queued"
+    assert TaskRun.objects.get(pk=ctx.run_id).failure_kind == "worker_lost"
+
+
+def test_heartbeat_renews_and_reports_cancel() -> None:
+    task, lease, _ = _leased()
+    run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+    task.refresh_from_db()
+    old_expiry = task.lease_expires_at
+
+    assert run_heartbeat(task_id=task.pk, lease_token=lease.lease_token) is Control.CONTINUE
+    task.refresh_from_db()
+    assert task.lease_expires_at >= old_expiry
+    task_cancel(task_id=task.pk, source="cli", actor="ann")
+    assert run_heartbeat(task_id=task.pk, lease_token=lease.lease_token) is Control.CANCEL
+
+
+def test_canceled_run_ends_canceled_with_the_cancellers_name() -> None:
+    task, lease, _ = _leased()
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+    task_cancel(task_id=task.pk, source="cli", actor="ann")
+
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
+               result=ExecutionResult(command=[], exit_code=-15, failure_kind="canceled"))
+
+    task.refresh_from_db()
+    assert task.status == "canceled"
+    last = TaskEvent.objects.filter(task=task).last()
+    assert (last.source, last.actor, last.to_status) == ("cli", "ann", "canceled")
+
+
+def test_reconcile_returns_expired_leases_to_the_queue() -> None:
+    task, _, _ = _leased()
+    task.refresh_from_db()
+    task.lease_expires_at = timezone.now() - timedelta(seconds=1)
+    task.save(update_fields=["lease_expires_at"])
+
+    assert leases_reconcile() == 1
+
+    task.refresh_from_db()
+    assert (task.status, task.lease_token, task.attempt) == ("queued", None, 0)
+    assert leases_reconcile() == 0
+
+
+def test_backoff_grows_is_capped_and_respects_reset(settings) -> None:
+    settings.SCHEDULER_RETRY_BASE_SECONDS, settings.SCHEDULER_RETRY_MAX_SECONDS = 30, 600
+    assert 15 <= backoff_seconds(1, None) <= 30
+    assert 60 <= backoff_seconds(3, None) <= 120
+    assert 300 <= backoff_seconds(20, None) <= 600
+    assert backoff_seconds(1, 900) == 900
