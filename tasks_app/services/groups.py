@@ -84,9 +84,8 @@ def group_update(*, name: str, changes: dict[str, Any]) -> WorkerGroup:
         group = WorkerGroup.objects.select_for_update().filter(name=name).first()
         if group is None:
             raise ValidationError({"name": [f"no worker group named {name!r}"]})
-        credentials = group.credentials
-        if "credentials" in changes:
-            credentials = changes["credentials"]
+        # Replacing the whole set must work even when the stored one can no longer be decrypted.
+        credentials = changes["credentials"] if "credentials" in changes else group.credentials  # noqa: SIM401 - lazy
         credentials = {**credentials, **changes.get("credentials_set", {})}
         for key in changes.get("credentials_unset", []):
             credentials.pop(key, None)
@@ -113,9 +112,25 @@ def group_update(*, name: str, changes: dict[str, Any]) -> WorkerGroup:
     return group
 
 
+def _group_set_enabled(name: str, enabled: bool) -> WorkerGroup:
+    # A plain switch: pausing must work even if the group's other settings no longer validate
+    # (e.g. SCHEDULER_ALLOW_DANGEROUS_FLAGS was turned off, or the encryption key changed).
+    with transaction.atomic():
+        group = WorkerGroup.objects.select_for_update().filter(name=name).first()
+        if group is None:
+            raise ValidationError({"name": [f"no worker group named {name!r}"]})
+        group.enabled = enabled
+        group.save(update_fields=["enabled", "updated_at"])
+        if enabled:
+            from tasks_app.services.tasks import request_dispatch
+
+            transaction.on_commit(request_dispatch)
+    return group
+
+
 def group_pause(*, name: str) -> WorkerGroup:
-    return group_update(name=name, changes={"enabled": False})
+    return _group_set_enabled(name, False)
 
 
 def group_resume(*, name: str) -> WorkerGroup:
-    return group_update(name=name, changes={"enabled": True})
+    return _group_set_enabled(name, True)

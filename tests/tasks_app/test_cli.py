@@ -140,3 +140,15 @@ def test_console_script_and_manage_py_entry_points_report_errors_the_same_way() 
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines()[-1] == (
             "schedulerctl: error: priority: must be an integer from 1 to 9 (9 is most urgent)")
+
+
+def test_pause_works_even_when_the_groups_settings_no_longer_validate(settings, capsys) -> None:
+    settings.SCHEDULER_ALLOW_DANGEROUS_FLAGS = True
+    argv = ["groups", "add", "claude", "x", "--allow-dangerous-flags", "--extra-arg=--dangerously-skip-permissions"]
+    assert run(argv) == 0
+    settings.SCHEDULER_ALLOW_DANGEROUS_FLAGS = False
+
+    assert run(["groups", "pause", "claude-x"]) == 0
+    assert WorkerGroup.objects.get(name="claude-x").enabled is False
+    assert run(["groups", "resume", "claude-x"]) == 0
+    assert WorkerGroup.objects.get(name="claude-x").enabled is True

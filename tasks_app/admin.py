@@ -1,0 +1,487 @@
+"""The operators' admin. Thin by design: every write goes through a service (`task_cancel`, `task_retry`,
+`group_create`, `group_update`, …), so a status never changes without its TaskEvent. Tasks, runs, files and
+events are read-only here; credentials are write-only and shown as key names with masked values."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.http import content_disposition_header
+from django.utils.safestring import SafeString
+
+from tasks_app import selectors
+from tasks_app.crypto import CredentialsUnreadable
+from tasks_app.forms import ConcurrencyLimitForm, WorkerGroupForm
+from tasks_app.models import (
+    ConcurrencyLimit,
+    EventSource,
+    FailureKind,
+    Task,
+    TaskEvent,
+    TaskFile,
+    TaskRun,
+    TaskStatus,
+    WorkerGroup,
+)
+from tasks_app.services.groups import group_pause, group_resume
+from tasks_app.services.tasks import TaskStateError, task_cancel, task_retry
+from tasks_app.transitions import InvalidTransition
+
+MASK = "••••••"
+_PRE_STYLE = (
+    "white-space: pre-wrap; word-break: break-all; font-family: monospace; font-size: 12px; "
+    "max-height: 30em; overflow: auto; margin: 0; padding: 6px; background: var(--darkened-bg); "
+    "border: 1px solid var(--hairline-color);"
+)
+
+
+def _pre(text: str, *, truncated: bool = False) -> SafeString:
+    if not text:
+        return format_html("<em>{}</em>", "empty")
+    note = format_html("<p><em>{}</em></p>", "truncated: only the start was kept") if truncated else ""
+    return format_html('<pre style="{}">{}</pre>{}', _PRE_STYLE, text, note)
+
+
+def _credential_names(group: WorkerGroup) -> list[str] | None:
+    """Key names only; None when the stored credentials cannot be decrypted with the configured key."""
+    try:
+        return group.credential_names
+    except CredentialsUnreadable:
+        return None
+
+
+def _task_link(task_id: Any) -> SafeString:
+    url = reverse("admin:tasks_app_task_change", args=[task_id])
+    return format_html('<a href="{}">{}</a>', url, str(task_id)[:8])
+
+
+class ReadOnlyAdminMixin:
+    """An audit trail: viewable by staff with view permission, never added, changed or deleted here."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def _report(modeladmin: admin.ModelAdmin, request: HttpRequest, done: list[str], verb: str,
+            failures: list[str]) -> None:
+    if done:
+        modeladmin.message_user(request, f"{verb}: {', '.join(done)}", messages.SUCCESS)
+    for failure in failures:
+        modeladmin.message_user(request, failure, messages.WARNING)
+
+
+# --- Worker groups --------------------------------------------------------------------------------
+
+
+@admin.register(WorkerGroup)
+class WorkerGroupAdmin(admin.ModelAdmin):
+    form = WorkerGroupForm
+    list_display = ("name", "tool", "enabled", "max_concurrent", "running_count", "queued_count",
+                    "rate_limited_until", "credential_keys")
+    list_filter = ("tool", "enabled", "allow_dangerous_flags")
+    search_fields = ("name", "account")
+    ordering = ("name",)
+    actions = ("pause_groups", "resume_groups")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WorkerGroup]:
+        return selectors.group_list()
+
+    def get_fieldsets(self, request: HttpRequest, obj: WorkerGroup | None = None) -> list[tuple[Any, dict]]:
+        if obj is None:
+            return [
+                (None, {"fields": ("tool", "account", "max_concurrent", "enabled")}),
+                ("CLI settings", {"fields": ("env", "extra_args", "allow_dangerous_flags")}),
+                ("Credentials", {"fields": ("credentials_set",)}),
+            ]
+        return [
+            (None, {"fields": ("name", "tool", "account", "max_concurrent", "enabled",
+                               "rate_limited_until")}),
+            ("CLI settings", {"fields": ("env", "extra_args", "allow_dangerous_flags")}),
+            ("Credentials", {"fields": ("credential_keys_masked", "credentials_set", "credentials_unset")}),
+            ("Audit", {"fields": ("created_at", "updated_at")}),
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: WorkerGroup | None = None) -> tuple[str, ...]:
+        if obj is None:
+            return ()
+        # Name, tool and account are the group's identity (and queue name); group_update cannot change them.
+        return ("name", "tool", "account", "rate_limited_until", "credential_keys_masked", "created_at",
+                "updated_at")
+
+    def save_model(self, request: HttpRequest, obj: WorkerGroup, form: Any, change: bool) -> None:
+        """Nothing to do: WorkerGroupForm saved through group_create / group_update while validating."""
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[WorkerGroup]) -> None:
+        # The changelist queryset carries group_list()'s aggregates; delete by primary key instead.
+        WorkerGroup.objects.filter(pk__in=[group.pk for group in queryset]).delete()
+
+    @admin.display(description="running", ordering="running")
+    def running_count(self, group: WorkerGroup) -> int:
+        return group.running
+
+    @admin.display(description="queued", ordering="queued")
+    def queued_count(self, group: WorkerGroup) -> int:
+        return group.queued
+
+    @admin.display(description="credential keys")
+    def credential_keys(self, group: WorkerGroup) -> str:
+        names = _credential_names(group)
+        if names is None:
+            return "unreadable (encryption key changed)"
+        return ", ".join(names) or "-"
+
+    @admin.display(description="stored credentials")
+    def credential_keys_masked(self, group: WorkerGroup) -> SafeString:
+        names = _credential_names(group)
+        if names is None:
+            return format_html(
+                "<strong>{}</strong>",
+                "Stored credentials cannot be decrypted: SCHEDULER_ENCRYPTION_KEY differs from the one used "
+                "to store them.",
+            )
+        if not names:
+            return format_html("<em>{}</em>", "none")
+        return format_html_join("\n", "<code>{}</code> = {}<br>", ((name, MASK) for name in names))
+
+    def _toggle(self, request: HttpRequest, queryset: QuerySet[WorkerGroup],
+                service: Callable[..., WorkerGroup], verb: str) -> None:
+        done, failures = [], []
+        for name in queryset.values_list("name", flat=True):
+            try:
+                service(name=name)
+            except ValidationError as exc:
+                failures.append(f"{name}: {'; '.join(exc.messages)}")
+            except CredentialsUnreadable as exc:
+                failures.append(f"{name}: {exc}")
+            else:
+                done.append(name)
+        _report(self, request, done, verb, failures)
+
+    @admin.action(description="Pause selected groups (no new work)", permissions=["change"])
+    def pause_groups(self, request: HttpRequest, queryset: QuerySet[WorkerGroup]) -> None:
+        self._toggle(request, queryset, group_pause, "Paused")
+
+    @admin.action(description="Resume selected groups", permissions=["change"])
+    def resume_groups(self, request: HttpRequest, queryset: QuerySet[WorkerGroup]) -> None:
+        self._toggle(request, queryset, group_resume, "Resumed")
+
+
+@admin.register(ConcurrencyLimit)
+class ConcurrencyLimitAdmin(admin.ModelAdmin):
+    form = ConcurrencyLimitForm
+    list_display = ("scope", "max_concurrent")
+    search_fields = ("scope",)
+    ordering = ("scope",)
+
+
+# --- Tasks and their audit trail ------------------------------------------------------------------
+
+
+class FailureKindFilter(admin.SimpleListFilter):
+    title = "failure kind"
+    parameter_name = "failure_kind"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return list(FailureKind.choices)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() is None:
+            return queryset
+        if queryset.model is TaskRun:
+            return queryset.filter(failure_kind=self.value())
+        return queryset.filter(runs__failure_kind=self.value()).distinct()
+
+
+class TaskRunInline(admin.StackedInline):
+    model = TaskRun
+    extra = 0
+    ordering = ("-attempt",)
+    fields = (
+        ("attempt", "status", "failure_kind", "exit_code"),
+        ("worker_group", "worker", "celery_task_id"),
+        ("started_at", "finished_at", "latency_ms", "retry_after_seconds"),
+        ("input_tokens", "output_tokens", "cost_usd"),
+        "command_line",
+        "stdout_block",
+        "stderr_block",
+    )
+    readonly_fields = flatten_fieldsets([(None, {"fields": fields})])
+    show_change_link = True
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TaskRun]:
+        return super().get_queryset(request).select_related("worker_group")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="command")
+    def command_line(self, run: TaskRun) -> SafeString:
+        return format_html("<code>{}</code>", " ".join(str(arg) for arg in run.command))
+
+    @admin.display(description="stdout")
+    def stdout_block(self, run: TaskRun) -> SafeString:
+        return _pre(run.stdout, truncated=run.stdout_truncated)
+
+    @admin.display(description="stderr")
+    def stderr_block(self, run: TaskRun) -> SafeString:
+        return _pre(run.stderr, truncated=run.stderr_truncated)
+
+
+class TaskFileInline(admin.TabularInline):
+    model = TaskFile
+    extra = 0
+    fields = ("direction", "path", "size_bytes", "content_type", "attempt", "sha256", "download")
+    readonly_fields = fields
+    ordering = ("direction", "path")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TaskFile]:
+        return super().get_queryset(request).select_related("run").defer("content")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="attempt")
+    def attempt(self, item: TaskFile) -> int | str:
+        return item.run.attempt if item.run_id else "-"
+
+    @admin.display(description="download")
+    def download(self, item: TaskFile) -> SafeString:
+        return _download_link(item)
+
+
+class TaskEventInline(admin.TabularInline):
+    model = TaskEvent
+    extra = 0
+    ordering = ("created_at", "id")
+    fields = ("created_at", "from_status", "to_status", "source", "actor", "reason", "data")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def _download_link(item: TaskFile) -> SafeString:
+    url = reverse("admin:tasks_app_task_file_download", args=[item.task_id, item.pk])
+    return format_html('<a href="{}">{}</a>', url, "download")
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    """View-only: status and lifecycle fields change only through the services (the actions below)."""
+
+    list_display = ("short_id", "tool", "status", "priority", "tenant", "worker_group", "attempts",
+                    "created_at", "finished_at", "prompt_excerpt")
+    list_filter = ("status", "tool", "worker_group", "tenant", FailureKindFilter, "created_at")
+    search_fields = ("id", "prompt", "idempotency_key", "created_by")
+    list_select_related = ("worker_group",)
+    ordering = ("-created_at",)
+    date_hierarchy = "created_at"
+    actions = ("cancel_tasks", "retry_tasks")
+    inlines = (TaskRunInline, TaskFileInline, TaskEventInline)
+    fieldsets = (
+        (None, {"fields": ("id", "status", "tool", "model", "tenant", "created_by", "prompt_block")}),
+        ("Scheduling", {"fields": ("priority", "scheduled_at", "worker_group", "worker_group_pinned",
+                                   "timeout_seconds", "idempotency_key", "output_files")}),
+        ("Lifecycle", {"fields": ("attempt", "max_attempts", "attempt_base", "next_attempt_at", "started_at",
+                                  "finished_at", "lease_expires_at", "cancel_requested_at", "created_at",
+                                  "updated_at")}),
+        ("Outcome", {"fields": ("error_message", "result", "metadata")}),
+    )
+    readonly_fields = ("id", "status", "tool", "model", "tenant", "created_by", "prompt_block", "priority",
+                       "scheduled_at", "worker_group", "worker_group_pinned", "timeout_seconds",
+                       "idempotency_key", "output_files", "attempt", "max_attempts", "attempt_base",
+                       "next_attempt_at", "started_at", "finished_at", "lease_expires_at",
+                       "cancel_requested_at", "created_at", "updated_at", "error_message", "result",
+                       "metadata")
+
+    def get_urls(self) -> list[URLPattern]:
+        download = path(
+            "<uuid:task_id>/files/<int:file_id>/download/",
+            self.admin_site.admin_view(self.file_download_view),
+            name="tasks_app_task_file_download",
+        )
+        # Before the defaults: their "<path:object_id>/" pattern would swallow this URL.
+        return [download, *super().get_urls()]
+
+    def file_download_view(self, request: HttpRequest, task_id: Any, file_id: int) -> HttpResponse:
+        task = get_object_or_404(Task, pk=task_id)
+        if not self.has_view_permission(request, task):
+            raise Http404("no such task")
+        item = get_object_or_404(TaskFile, pk=file_id, task=task)
+        content_type = item.content_type or "application/octet-stream"
+        response = HttpResponse(item.read_bytes(), content_type=content_type)
+        response.headers["Content-Disposition"] = content_disposition_header(
+            as_attachment=True, filename=posixpath.basename(item.path)
+        )
+        return response
+
+    # Tasks are created by API, CLI, schedules and intake, and edited only through services.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
+        return False
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        """Cancel and retry: for staff who may change tasks (the form itself stays read-only)."""
+        return request.user.has_perm("tasks_app.change_task")
+
+    @admin.display(description="id", ordering="id")
+    def short_id(self, task: Task) -> str:
+        return str(task.pk)[:8]
+
+    @admin.display(description="attempts")
+    def attempts(self, task: Task) -> str:
+        return f"{task.attempt - task.attempt_base}/{task.max_attempts}"
+
+    @admin.display(description="prompt")
+    def prompt_excerpt(self, task: Task) -> str:
+        text = " ".join(task.prompt.split())
+        return text if len(text) <= 80 else f"{text[:79]}…"
+
+    @admin.display(description="prompt")
+    def prompt_block(self, task: Task) -> SafeString:
+        return _pre(task.prompt)
+
+    def _operate(self, request: HttpRequest, queryset: QuerySet[Task], service: Callable[..., Task]) -> list[
+            tuple[Any, Task | None, str]]:
+        outcomes: list[tuple[Any, Task | None, str]] = []
+        for task_id in list(queryset.values_list("pk", flat=True)):
+            try:
+                task = service(task_id=task_id, source=EventSource.ADMIN, actor=request.user.get_username())
+            except (TaskStateError, InvalidTransition) as exc:
+                outcomes.append((task_id, None, str(exc)))
+            except Task.DoesNotExist:
+                outcomes.append((task_id, None, f"task {task_id} no longer exists"))
+            else:
+                outcomes.append((task_id, task, ""))
+        return outcomes
+
+    @admin.action(description="Cancel selected tasks", permissions=["operate"])
+    def cancel_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        canceled, requested, failures = [], [], []
+        for task_id, task, error in self._operate(request, queryset, task_cancel):
+            if task is None:
+                failures.append(error)
+            elif task.status == TaskStatus.CANCELED:
+                canceled.append(str(task_id)[:8])
+            else:
+                requested.append(str(task_id)[:8])
+        _report(self, request, canceled, "Canceled", failures)
+        if requested:
+            self.message_user(request, f"Cancel requested (the worker stops the run): {', '.join(requested)}",
+                              messages.INFO)
+
+    @admin.action(description="Retry selected tasks", permissions=["operate"])
+    def retry_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        done, failures = [], []
+        for task_id, task, error in self._operate(request, queryset, task_retry):
+            if task is None:
+                failures.append(error)
+            else:
+                done.append(str(task_id)[:8])
+        _report(self, request, done, "Re-queued", failures)
+
+
+@admin.register(TaskRun)
+class TaskRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("id", "task_link", "attempt", "status", "worker_group", "worker", "failure_kind",
+                    "exit_code", "started_at", "finished_at", "latency_ms", "cost_usd")
+    list_filter = ("status", FailureKindFilter, "worker_group", "started_at")
+    search_fields = ("task__id", "task__prompt", "worker", "celery_task_id")
+    list_select_related = ("task", "worker_group")
+    ordering = ("-started_at",)
+    date_hierarchy = "started_at"
+    fields = (
+        ("task_link", "attempt", "status", "failure_kind", "exit_code"),
+        ("worker_group", "worker", "celery_task_id"),
+        ("started_at", "finished_at", "latency_ms", "retry_after_seconds"),
+        ("input_tokens", "output_tokens", "cost_usd"),
+        "command_line",
+        "stdout_block",
+        "stderr_block",
+    )
+    readonly_fields = ("task_link", "command_line", "stdout_block", "stderr_block")
+
+    @admin.display(description="task", ordering="task__created_at")
+    def task_link(self, run: TaskRun) -> SafeString:
+        return _task_link(run.task_id)
+
+    command_line = TaskRunInline.command_line
+    stdout_block = TaskRunInline.stdout_block
+    stderr_block = TaskRunInline.stderr_block
+
+
+@admin.register(TaskFile)
+class TaskFileAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("path", "task_link", "direction", "size_bytes", "content_type", "created_at", "download")
+    list_filter = ("direction", "content_type", "created_at")
+    search_fields = ("path", "task__id", "sha256")
+    list_select_related = ("task",)
+    ordering = ("-created_at",)
+    fields = ("task_link", "run", "direction", "path", "size_bytes", "sha256", "content_type", "created_at",
+              "download")
+    readonly_fields = ("task_link", "download")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TaskFile]:
+        return super().get_queryset(request).defer("content")
+
+    @admin.display(description="task", ordering="task__created_at")
+    def task_link(self, item: TaskFile) -> SafeString:
+        return _task_link(item.task_id)
+
+    @admin.display(description="download")
+    def download(self, item: TaskFile) -> SafeString:
+        return _download_link(item)
+
+
+@admin.register(TaskEvent)
+class TaskEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("created_at", "task_link", "from_status", "to_status", "source", "actor", "reason")
+    list_filter = ("source", "to_status", "created_at")
+    search_fields = ("task__id", "actor", "reason")
+    ordering = ("-created_at", "-id")
+    date_hierarchy = "created_at"
+    fields = ("task_link", "from_status", "to_status", "source", "actor", "reason", "data", "created_at")
+    readonly_fields = ("task_link",)
+
+    @admin.display(description="task")
+    def task_link(self, event: TaskEvent) -> SafeString:
+        return _task_link(event.task_id)
