@@ -137,9 +137,15 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # Poll often: the folder listing is cheap and dispatch latency is what users feel.
         "polling_interval": 0.1,
     }
-elif env.str("SCHEDULER_BROKER_PREFIX", default=""):
-    # Namespaces every key on a shared Redis (tests use one prefix per session; never a flush).
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": env.str("SCHEDULER_BROKER_PREFIX")}
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # Only matters for unacked messages; ours are acked on receipt (below), so a long run is never
+        # redelivered when it outlives this (celery#5935). Kept explicit so it can be shortened in tests.
+        "visibility_timeout": env.int("SCHEDULER_BROKER_VISIBILITY_TIMEOUT", default=3600),
+    }
+    if env.str("SCHEDULER_BROKER_PREFIX", default=""):
+        # Namespaces every key on a shared Redis (tests use one prefix per session; never a flush).
+        CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = env.str("SCHEDULER_BROKER_PREFIX")
 EMBEDDED_BROKER_PROCESSED_DIR = _EMBEDDED_BROKER_DIR / "processed"
 # No result backend: the database (Task, TaskRun) is the source of truth for outcomes.
 CELERY_TASK_IGNORE_RESULT = True
@@ -149,6 +155,11 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = False
 # One message at a time per process: a worker never hoards jobs that another box could start now.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Recycle pool processes now and then so a slow leak in a CLI parser or driver cannot grow forever.
+CELERY_WORKER_MAX_TASKS_PER_CHILD = env.int("SCHEDULER_WORKER_MAX_TASKS_PER_CHILD", default=500)
+# Publishing retries briefly if the broker blips; a message that still cannot be sent is recovered by the
+# lease expiring and the next dispatch pass, so no retry loop here needs to be long.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 # Anything not routed to a group queue is control-plane work (dispatch, reconcile).
 CELERY_TASK_DEFAULT_QUEUE = "control"
 # Survive a broker that comes up after the worker (honcho starts everything at once).
@@ -191,6 +202,7 @@ SCHEDULER_LEASE_SECONDS = env.int("SCHEDULER_LEASE_SECONDS", default=60)
 SCHEDULER_RETRY_BASE_SECONDS = env.float("SCHEDULER_RETRY_BASE_SECONDS", default=30.0)
 SCHEDULER_RETRY_MAX_SECONDS = env.float("SCHEDULER_RETRY_MAX_SECONDS", default=600.0)
 SCHEDULER_RATE_LIMIT_COOLDOWN_SECONDS = env.float("SCHEDULER_RATE_LIMIT_COOLDOWN_SECONDS", default=60.0)
+SCHEDULER_CANCEL_POLL_SECONDS = env.float("SCHEDULER_CANCEL_POLL_SECONDS", default=1.0)
 SCHEDULER_KILL_GRACE_SECONDS = env.float("SCHEDULER_KILL_GRACE_SECONDS", default=10.0)
 SCHEDULER_API_ENABLED = env.bool("SCHEDULER_API_ENABLED", default=True)
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")

@@ -76,24 +76,32 @@ class WorkerProcesses:
         return env
 
     def start(self, queues: str, *, concurrency: int = 2, name: str | None = None,
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+              env: dict[str, str] | None = None, loglevel: str = "INFO") -> subprocess.Popen[bytes]:
         name = name or f"w{len(self.procs)}-{queues.replace(',', '_')}"
+        argv = ["worker", "-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip",
+                "--without-mingle", "--without-heartbeat"]
+        return self._spawn(name, argv, env, ready="ready.", loglevel=loglevel)
+
+    def start_beat(self, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """The real beat (django-celery-beat's DatabaseScheduler) firing the tick every SCHEDULER_TICK_SECONDS."""
+        argv = ["beat", "-S", "django_celery_beat.schedulers:DatabaseScheduler", "-s", str(self.log_dir / "beat-db")]
+        return self._spawn("beat", argv, env, ready="beat: Starting...", loglevel="INFO")
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None, *, ready: str,
+               loglevel: str) -> subprocess.Popen[bytes]:
         log = self.log_dir / f"{name}.log"
         console = (self.log_dir / f"{name}.out").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queues, "-c", str(concurrency),
-             "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "-f", str(log)],
-            cwd=ROOT, env=self.env(env), stdout=console, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            [sys.executable, "-m", "celery", "-A", "workers", *argv, "--loglevel", loglevel, "-f", str(log)],
+            cwd=ROOT, env=self.env(env), stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
         )
         console.close()
         self.procs.append((proc, log))
-        wait_until(lambda: (log.exists() and "ready." in log.read_text(errors="replace")) or proc.poll() is not None,
-                   timeout=60, message=f"worker {name} to be ready")
+        wait_until(lambda: (log.exists() and ready in log.read_text(errors="replace")) or proc.poll() is not None,
+                   timeout=60, message=f"{name} to be ready")
         if proc.poll() is not None:
             output = (self.log_dir / f"{name}.out").read_text(errors="replace")
-            raise AssertionError(f"worker {name} exited with {proc.returncode}:\n{output[-3000:]}")
+            raise AssertionError(f"{name} exited with {proc.returncode}:\n{output[-3000:]}")
         return proc
 
     def stop(self) -> None:
@@ -108,8 +116,8 @@ class WorkerProcesses:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}"
+    def logs(self, tail: int | None = 4000) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-(tail or 0):]}"
                          for _, log in self.procs if log.exists())
 
 

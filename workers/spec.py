@@ -12,7 +12,7 @@ from workers.executors import ExecutionSpec, adapter_for
 
 # From the worker's own environment only these reach the CLI: never DATABASE_URL, SECRET_KEY, the broker
 # URL or another account's keys, which a worker box may well have in its environment.
-INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 
 
 def child_env(ctx: RunContext) -> dict[str, str]:
@@ -46,6 +46,6 @@ def execution_spec(ctx: RunContext) -> ExecutionSpec:
         max_output_bytes=settings.SCHEDULER_MAX_OUTPUT_BYTES,
         max_total_output_bytes=settings.SCHEDULER_MAX_TOTAL_BYTES,
         keep_work_dir=settings.SCHEDULER_KEEP_WORK_DIRS,
-        heartbeat_interval=max(0.5, settings.SCHEDULER_LEASE_SECONDS / 4),
+        heartbeat_interval=settings.SCHEDULER_CANCEL_POLL_SECONDS,
         secrets=tuple(v for v in ctx.credentials.values() if v),
     )

@@ -12,8 +12,8 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from tasks_app.services.dispatch import Lease, dispatch_runnable
-from tasks_app.services.runs import leases_reconcile, run_finish, run_heartbeat, run_start
-from workers.executors import ConfigurationError, ExecutionResult, execute
+from tasks_app.services.runs import leases_reconcile, run_check, run_finish, run_heartbeat, run_start
+from workers.executors import ConfigurationError, Control, ExecutionResult, execute
 from workers.spec import execution_spec
 
 logger = logging.getLogger(__name__)
@@ -35,9 +35,18 @@ def execute_run_task(self, task_id: str, lease_token: str) -> None:
     except ConfigurationError as exc:
         result = ExecutionResult(command=[], failure_kind="internal", error_message=str(exc))
     else:
-        def heartbeat():
+        renew_every = max(1.0, settings.SCHEDULER_LEASE_SECONDS / 4)
+        renewed_at = time.monotonic()
+
+        def heartbeat() -> Control:
+            # Called every SCHEDULER_CANCEL_POLL_SECONDS from the executor's wait loop, in this thread: a cheap
+            # read notices a cancel within seconds; the lease itself is renewed (a write) less often.
+            nonlocal renewed_at
             close_old_connections()
-            return run_heartbeat(task_id=ctx.task_id, lease_token=ctx.lease_token)
+            if time.monotonic() - renewed_at >= renew_every:
+                renewed_at = time.monotonic()
+                return run_heartbeat(task_id=ctx.task_id, lease_token=ctx.lease_token)
+            return run_check(task_id=ctx.task_id, lease_token=ctx.lease_token)
 
         close_old_connections()  # hold no idle DB connection state across a long CLI run
         result = execute(spec, heartbeat=heartbeat)

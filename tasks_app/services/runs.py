@@ -103,6 +103,14 @@ def run_heartbeat(*, task_id: Any, lease_token: Any) -> Control:
     return Control.CANCEL if canceled else Control.CONTINUE
 
 
+def run_check(*, task_id: Any, lease_token: Any) -> Control:
+    """A read-only look between renewals: is the lease still ours, and was a cancel requested?"""
+    row = Task.objects.filter(pk=task_id).values_list("status", "lease_token", "cancel_requested_at").first()
+    if row is None or row[0] != TaskStatus.RUNNING or row[1] != uuid.UUID(str(lease_token)):
+        return Control.LEASE_LOST
+    return Control.CANCEL if row[2] is not None else Control.CONTINUE
+
+
 def backoff_seconds(attempt: int, retry_after: float | None) -> float:
     """Exponential backoff with jitter, capped; never sooner than the reset time the CLI reported."""
     ceiling = min(settings.SCHEDULER_RETRY_MAX_SECONDS, settings.SCHEDULER_RETRY_BASE_SECONDS * 2 ** (attempt - 1))
@@ -192,7 +200,10 @@ def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_
             group.save(update_fields=["rate_limited_until", "updated_at"])
     data = {"attempt": run.attempt, "failure_kind": kind}
     if kind in RETRYABLE_FAILURES and task.attempts_left > 0:
-        delay = backoff_seconds(task.attempt - task.attempt_base, retry_after)
+        # The reset time belongs to the account: an unpinned task may run elsewhere sooner (the limited group
+        # takes nothing until its reset); a pinned one has to wait for it.
+        wait_for_reset = retry_after if task.worker_group_pinned else None
+        delay = backoff_seconds(task.attempt - task.attempt_base, wait_for_reset)
         task_transition(
             task_id=task.pk, to=TaskStatus.QUEUED, source=EventSource.WORKER if actor else EventSource.SYSTEM,
             actor=actor, reason=f"attempt {run.attempt} failed ({kind}): retrying in {delay:.0f}s",

@@ -30,6 +30,10 @@ from tasks_app.models import (
 )
 from tasks_app.transitions import check_transition
 
+# Files that the CLIs read as their own configuration from the work dir: a job's inputs must not set hooks,
+# MCP servers, env or keys for the CLI that runs with the account's credentials.
+CLI_CONFIG_NAMES = frozenset({".claude", ".codex", ".gemini", ".mcp.json", "CLAUDE.local.md"})
+
 
 class IdempotencyConflict(Exception):
     """The idempotency key was used before with a different request body."""
@@ -169,6 +173,11 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
         path = check(lambda item=item, i=i: validation.relative_path(item.path, field=f"input_files[{i}].path"))
         if path is None:
             continue
+        if path.split("/")[0] in CLI_CONFIG_NAMES or path.rsplit("/", 1)[-1].startswith(".env"):
+            errors.setdefault(f"input_files[{i}].path", []).append(
+                f"{path!r} would configure the CLI itself (hooks, settings, keys); inputs may not be under "
+                f"{', '.join(sorted(CLI_CONFIG_NAMES))} or be .env files"
+            )
         if path in seen:
             errors.setdefault(f"input_files[{i}].path", []).append(f"{path!r} is given twice")
         seen.add(path)

@@ -254,6 +254,14 @@ class Run:
             extra["child_pid"] = self.child.pid
         self.log("start", scenario=self.scenario, **extra)
         self.start_logged = True
+        echo = os.environ.get("FAKE_CLI_ECHO_ENV")
+        if echo:  # a careless CLI that prints a secret: the scheduler must scrub it from what it records
+            out(f"debug: {echo}={os.environ.get(echo, '')}\n")
+            err(f"debug: {echo}={os.environ.get(echo, '')}\n")
+        for rel, target in (self.directive.get("symlink") or {}).items():
+            path = os.path.join(os.getcwd(), rel)
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            os.symlink(str(target), path)
         emit_filler(1, int(self.directive.get("stdout_bytes", 0)), "stdout")
         emit_filler(2, int(self.directive.get("stderr_bytes", 0)), "stderr")
         dump = self.directive.get("dump_env")
@@ -328,6 +336,8 @@ CLAUDE_VALUE_OPTS = {
     "--max-turns": "turns",
     "--max-budget-usd": "amount",
     "--append-system-prompt": "prompt",
+    "--setting-sources": "sources",
+    "--fallback-model": "model",
 }
 CLAUDE_VARIADIC = {
     "--allowedTools": "tools...",

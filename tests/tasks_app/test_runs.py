@@ -75,8 +75,8 @@ def test_run_finish_success_stores_run_outputs_and_result() -> None:
     assert _events(task) == [("", "queued"), ("queued", "leased"), ("leased", "running"), ("running", "succeeded")]
 
 
-def test_rate_limited_run_is_requeued_after_the_reset_and_cools_the_group(settings) -> None:
-    settings.SCHEDULER_RETRY_BASE_SECONDS = 1
+def test_rate_limited_unpinned_run_retries_soon_elsewhere_and_cools_the_group(settings) -> None:
+    settings.SCHEDULER_RETRY_BASE_SECONDS, settings.SCHEDULER_RETRY_MAX_SECONDS = 1, 2
     task, lease, group = _leased()
     ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
     before = timezone.now()
@@ -88,6 +88,24 @@ def test_rate_limited_run_is_requeued_after_the_reset_and_cools_the_group(settin
     task.refresh_from_db()
     group.refresh_from_db()
     assert task.status == "queued" and task.worker_group is None  # unpinned: may move to another account
+    assert task.next_attempt_at <= before + timedelta(seconds=3)
+    assert group.rate_limited_until >= before + timedelta(seconds=120)
+    assert dispatch_runnable(now=task.next_attempt_at + timedelta(seconds=1)) == []  # its only group is cooling
+
+
+def test_rate_limited_pinned_run_waits_for_the_reset(settings) -> None:
+    settings.SCHEDULER_RETRY_BASE_SECONDS = 1
+    task, lease, group = _leased(worker_group="claude-main")
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+    before = timezone.now()
+
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
+               result=ExecutionResult(command=[], exit_code=1, failure_kind="rate_limited",
+                                      error_message="limit", retry_after_seconds=120))
+
+    task.refresh_from_db()
+    group.refresh_from_db()
+    assert (task.status, task.worker_group) == ("queued", group)
     assert task.next_attempt_at >= before + timedelta(seconds=120)
     assert group.rate_limited_until >= before + timedelta(seconds=120)
     assert TaskRun.objects.get(pk=ctx.run_id).failure_kind == "rate_limited"

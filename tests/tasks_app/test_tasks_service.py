@@ -61,6 +61,9 @@ def test_create_writes_queued_task_inputs_and_first_event() -> None:
         ({"input_files": [InputFile("..\\x", b"x")]}, "input_files[0].path"),
         ({"input_files": [InputFile("in/*.txt", b"x")]}, "input_files[0].path"),
         ({"worker_group": "claude-nope"}, "worker_group"),
+        ({"input_files": [InputFile(".claude/settings.json", b"{}")]}, "input_files[0].path"),
+        ({"input_files": [InputFile("sub/.env", b"GEMINI_API_KEY=x")]}, "input_files[0].path"),
+        ({"input_files": [InputFile(".gemini/settings.json", b"{}")]}, "input_files[0].path"),
         ({"scheduled_at": datetime(2026, 1, 1)}, "scheduled_at"),
     ],
 )

@@ -159,7 +159,12 @@ class ClaudeAdapter(Adapter):
     child_env = {"DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "NO_COLOR": "1"}
 
     def default_flags(self, model: str) -> list[tuple[str, str | None]]:
-        flags: list[tuple[str, str | None]] = [("--output-format", "json"), ("--permission-mode", "acceptEdits")]
+        flags: list[tuple[str, str | None]] = [
+            ("--output-format", "json"),
+            ("--permission-mode", "acceptEdits"),
+            # Only the account's own settings: a job's files must not bring hooks or env via .claude/.
+            ("--setting-sources", "user"),
+        ]
         return [*flags, ("--model", model)] if model else flags
 
     def parse(self, *, stdout: bytes, stderr: bytes, exit_code: int | None) -> Parsed:

@@ -36,6 +36,8 @@ def classify_message(text: str, status: int | None = None) -> str:
     return "exit_code"
 
 
+# Clock-time resets are given to the minute: one that passed moments ago has just happened, not tomorrow's.
+RECENTLY_PASSED = timedelta(minutes=5)
 _RETRY_IN = re.compile(r"(?:retry in|reset after|retry after|try again in)\s+([\d.]+)\s*(ms|s|sec|seconds?)\b", re.I)
 _RESETS_AT_CLOCK = re.compile(r"resets?\s+(?:at\s+)?(\d{1,2})(?::(\d{2}))?\s*([ap]m)\b(?:\s*\(([^)]+)\))?", re.I)
 _TRY_AGAIN_AT = re.compile(
@@ -76,9 +78,9 @@ def retry_after_from_text(text: str, *, now: datetime | None = None) -> float | 
             hour=_hour24(int(match.group(1)), match.group(3)), minute=int(match.group(2) or 0), second=0,
             microsecond=0,
         )
-        if target <= local_now:
+        if target <= local_now - RECENTLY_PASSED:
             target += timedelta(days=1)
-        return (target - local_now).total_seconds()
+        return max((target - local_now).total_seconds(), 0.0)
     if match := _TRY_AGAIN_AT.search(text):
         month_name, day, year, hour, minute, meridiem = match.groups()
         zone = _zone(None)
@@ -86,7 +88,7 @@ def retry_after_from_text(text: str, *, now: datetime | None = None) -> float | 
         target = local_now.replace(hour=_hour24(int(hour), meridiem), minute=int(minute), second=0, microsecond=0)
         if month_name and month_name.lower() in _MONTHS:
             target = target.replace(year=int(year), month=_MONTHS[month_name.lower()], day=int(day))
-        elif target <= local_now:
+        elif target <= local_now - RECENTLY_PASSED:
             target += timedelta(days=1)
         return max((target - local_now).total_seconds(), 0.0)
     return None

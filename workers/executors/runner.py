@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from typing import IO
 
 from workers.executors.adapters import Adapter, adapter_for
@@ -124,6 +125,11 @@ def execute(spec: ExecutionSpec, *, heartbeat: Heartbeat | None = None) -> Execu
     try:
         for relative, data in spec.input_files:
             write_input(spec.work_dir, relative, data)
+        # A private TMPDIR, removed with the work dir: CLIs write prompts and error dumps to temp files
+        # (gemini's /tmp/gemini-client-error-*.json holds the prompt). Hidden, so output globs skip it.
+        private_tmp = spec.work_dir / ".tmp"
+        private_tmp.mkdir(mode=0o700, exist_ok=True)
+        spec = replace(spec, env={**spec.env, "TMPDIR": str(private_tmp)})
         _run_process(spec, adapter, result, heartbeat)
     except ConfinementError as exc:
         result.failure_kind, result.error_message = "internal", f"input refused: {exc}"

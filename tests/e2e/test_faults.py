@@ -1,0 +1,255 @@
+"""Faults with real processes: rate limits, killed and paused workers, a restarted broker, cancel, and
+credentials that must never be recorded. Leases, ticks and backoff are shortened through the environment."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+from tasks_app.models import Task, TaskEvent, TaskFile, TaskRun, WorkerGroup
+from tasks_app.presenters import task_dict
+from tasks_app.services.groups import group_create
+from tasks_app.services.tasks import TaskSpec, task_create
+from tests.conftest import WorkerProcesses, wait_until
+from tests.e2e.test_pipeline import fake, read_log, schedulerctl, wait_terminal
+
+pytestmark = pytest.mark.e2e
+
+FAST = {
+    "SCHEDULER_LEASE_SECONDS": "3",
+    "SCHEDULER_TICK_SECONDS": "0.5",
+    "SCHEDULER_RETRY_BASE_SECONDS": "0.5",
+    "SCHEDULER_RETRY_MAX_SECONDS": "1",
+    "SCHEDULER_CANCEL_POLL_SECONDS": "0.2",
+}
+
+
+def _enqueue(prompt: str, **spec) -> Task:
+    return task_create(spec=TaskSpec(tool=spec.pop("tool", "claude"), prompt=prompt, **spec), source="api")[0]
+
+
+def _started(log: Path, tag: str) -> list[dict]:
+    return [e for e in read_log(log) if e["event"] == "start" and e["tag"] == tag] if log.exists() else []
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_rate_limit_retries_on_the_other_account_and_new_jobs_avoid_the_limited_one(
+    workers: WorkerProcesses, tmp_path: Path
+) -> None:
+    log = tmp_path / "cli.log"
+    env = {"FAKE_CLI_LOG": str(log), "FAKE_CLI_STATE": str(tmp_path)}
+    main = group_create(tool="gemini", account="main", credentials={"GEMINI_API_KEY": "g-main"}, env=env)
+    group_create(tool="gemini", account="team-a", credentials={"GEMINI_API_KEY": "g-team"}, env=env)
+    workers.start_beat(env=FAST)
+    workers.start("control", concurrency=1, env=FAST)
+    workers.start("gemini-main,gemini-team-a", concurrency=2, env=FAST)
+
+    limited = _enqueue(fake("first", scenario="rate_limit", once_key=f"k-{tmp_path.name}", reset_in=60, tag="first"),
+                       tool="gemini")
+    (limited,) = wait_terminal(limited.pk)
+
+    assert limited.status == "succeeded", workers.logs()
+    first, second = TaskRun.objects.filter(task=limited).order_by("attempt")
+    assert (first.worker_group.name, first.failure_kind, first.exit_code) == ("gemini-main", "rate_limited", 173)
+    assert 50 <= first.retry_after_seconds <= 60
+    assert (second.worker_group.name, second.status) == ("gemini-team-a", "succeeded")
+    main.refresh_from_db()
+    assert main.rate_limited_until > timezone.now() + timezone.timedelta(seconds=30)
+    reasons = list(TaskEvent.objects.filter(task=limited).values_list("to_status", flat=True))
+    assert reasons == ["queued", "leased", "running", "queued", "leased", "running", "succeeded"]
+
+    later = [_enqueue(fake(f"later {i}", tag=f"later-{i}"), tool="gemini") for i in range(3)]
+    wait_terminal(*(t.pk for t in later))
+    assert set(TaskRun.objects.filter(task__in=later).values_list("worker_group__name", flat=True)) == {"gemini-team-a"}
+    assert {e["cred"] for e in read_log(log) if e["event"] == "start" and e["tag"].startswith("later")} == {"g-team"}
+
+
+def test_a_sigkilled_worker_is_detected_and_the_task_runs_once_more_elsewhere(
+    workers: WorkerProcesses, tmp_path: Path
+) -> None:
+    log = tmp_path / "cli.log"
+    group_create(tool="claude", account="main", max_concurrent=1, env={"FAKE_CLI_LOG": str(log)})
+    workers.start_beat(env=FAST)
+    workers.start("control", concurrency=1, env=FAST)
+    doomed = workers.start("claude-main", concurrency=1, name="doomed", env=FAST)
+    task = _enqueue(fake("long", sleep=3, tag="long", write={"out.txt": "done"}), output_files=["out.txt"])
+    (first_start,) = wait_until(lambda: _started(log, "long"), message="the CLI to start")
+    workers.start("claude-main", concurrency=1, name="survivor", env=FAST)
+
+    os.killpg(doomed.pid, signal.SIGKILL)
+    os.killpg(first_start["pgid"], signal.SIGKILL)
+    killed_at = time.time()
+    (task,) = wait_terminal(task.pk, timeout=60)
+
+    assert task.status == "succeeded", workers.logs()
+    lost, good = TaskRun.objects.filter(task=task).order_by("attempt")
+    assert (lost.failure_kind, lost.status, good.status) == ("worker_lost", "failed", "succeeded")
+    assert good.worker != lost.worker
+    assert TaskRun.objects.filter(task=task, status="succeeded").count() == 1
+    starts = _started(log, "long")
+    assert len(starts) == 2 and starts[1]["t"] > killed_at  # never two copies at once
+    assert TaskFile.objects.get(task=task, direction="output").read_bytes() == b"done"
+
+
+def test_a_paused_worker_is_fenced_off_when_it_wakes_up(workers: WorkerProcesses, tmp_path: Path) -> None:
+    log = tmp_path / "cli.log"
+    group_create(tool="claude", account="main", max_concurrent=1, env={"FAKE_CLI_LOG": str(log)})
+    workers.start_beat(env=FAST)
+    workers.start("control", concurrency=1, env=FAST)
+    sleeper = workers.start("claude-main", concurrency=1, name="sleeper", env=FAST)
+    task = _enqueue(fake("long", sleep=2, tag="long"))
+    wait_until(lambda: _started(log, "long"), message="the CLI to start")
+    workers.start("claude-main", concurrency=1, name="awake", env=FAST)
+
+    os.killpg(sleeper.pid, signal.SIGSTOP)
+    try:
+        (task,) = wait_terminal(task.pk, timeout=60)
+    finally:
+        os.killpg(sleeper.pid, signal.SIGCONT)
+    sleeper_log = workers.log_dir / "sleeper.log"
+    wait_until(lambda: "the lease moved on" in sleeper_log.read_text(), timeout=30,
+               message="the woken worker to drop its stale result")
+
+    task.refresh_from_db()
+    assert task.status == "succeeded"
+    runs = list(TaskRun.objects.filter(task=task).order_by("attempt").values_list("status", "failure_kind"))
+    assert runs == [("failed", "worker_lost"), ("succeeded", "")]
+    assert TaskEvent.objects.filter(task=task, to_status="succeeded").count() == 1
+
+
+def test_cancel_kills_a_running_job_from_the_command_line(workers: WorkerProcesses, tmp_path: Path) -> None:
+    log = tmp_path / "cli.log"
+    group_create(tool="claude", account="main", env={"FAKE_CLI_LOG": str(log)})
+    workers.start("control", concurrency=1, env=FAST)
+    workers.start("claude-main", concurrency=1, env=FAST)
+    task = _enqueue(fake("forever", scenario="hang", tag="hang"))
+    (start,) = wait_until(lambda: _started(log, "hang"), message="the CLI to start")
+
+    proc = schedulerctl(workers, "--actor", "ops-ann", "cancel", str(task.pk))
+    asked = time.monotonic()
+
+    assert proc.returncode == 0, proc.stderr
+    (task,) = wait_terminal(task.pk, timeout=15)
+    wait_until(lambda: _group_gone(start["pgid"]), timeout=10, message="the CLI's process group to be gone")
+    assert time.monotonic() - asked < 10
+    assert task.status == "canceled"
+    last = TaskEvent.objects.filter(task=task).last()
+    assert (last.from_status, last.to_status, last.source, last.actor) == ("running", "canceled", "cli", "ops-ann")
+    assert TaskRun.objects.get(task=task).failure_kind == "canceled"
+
+
+@pytest.mark.skipif(not settings.CELERY_BROKER_URL.startswith("redis"), reason="Redis visibility timeout")
+def test_a_run_longer_than_the_visibility_timeout_runs_once(workers: WorkerProcesses, tmp_path: Path) -> None:
+    log = tmp_path / "cli.log"
+    env = {**FAST, "SCHEDULER_BROKER_VISIBILITY_TIMEOUT": "5"}
+    group_create(tool="claude", account="main", max_concurrent=2, env={"FAKE_CLI_LOG": str(log)})
+    workers.start("control", concurrency=1, env=env)
+    workers.start("claude-main", concurrency=1, name="w1", env=env)
+    workers.start("claude-main", concurrency=1, name="w2", env=env)
+
+    task = _enqueue(fake("twenty seconds", sleep=20, tag="slow"))
+    (task,) = wait_terminal(task.pk, timeout=90)
+
+    assert task.status == "succeeded"
+    assert len(_started(log, "slow")) == 1
+    assert TaskRun.objects.filter(task=task).count() == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _redis_server(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+
+    def up() -> bool:
+        with contextlib.suppress(redis.ConnectionError):
+            return bool(client.ping())
+        return False
+
+    wait_until(up, timeout=10, message="redis-server to accept connections")
+    return proc
+
+
+def test_jobs_survive_a_broker_restart(workers: WorkerProcesses, tmp_path: Path) -> None:
+    port = _free_port()
+    broker = _redis_server(port, tmp_path)
+    log = tmp_path / "cli.log"
+    env = {**FAST, "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0", "SCHEDULER_BROKER_PREFIX": ""}
+    try:
+        group_create(tool="claude", account="main", max_concurrent=4, env={"FAKE_CLI_LOG": str(log)})
+        workers.start_beat(env=env)
+        workers.start("control", concurrency=1, env=env)
+        workers.start("claude-main", concurrency=2, name="w1", env=env)
+        workers.start("claude-main", concurrency=2, name="w2", env=env)
+        # Created here, dispatched by beat's tick on the throwaway broker (this process talks to the other one).
+        tasks = [_enqueue(fake(f"job {i}", sleep=0.3, tag=f"job-{i}")) for i in range(50)]
+        wait_until(lambda: Task.objects.filter(status="succeeded").count() >= 10, timeout=60,
+                   message="ten jobs to finish before the restart")
+
+        broker.kill()
+        broker.wait(timeout=10)
+        broker = _redis_server(port, tmp_path)
+        done = wait_terminal(*(t.pk for t in tasks), timeout=180)
+    finally:
+        broker.kill()
+        broker.wait(timeout=10)
+
+    assert [t.status for t in done].count("succeeded") == 50, workers.logs()
+    tags = [e["tag"] for e in read_log(log) if e["event"] == "start"]
+    assert sorted(tags) == sorted(f"job-{i}" for i in range(50))  # every job started exactly once
+    assert TaskRun.objects.filter(status="succeeded").count() == 50
+
+
+def test_credentials_never_reach_logs_runs_events_or_json(workers: WorkerProcesses, tmp_path: Path) -> None:
+    secret_main, secret_team = "sk-ant-e2e-Zq81x0", "sk-ant-e2e-Vb52m7"
+    group_create(tool="claude", account="main", credentials={"ANTHROPIC_API_KEY": secret_main},
+                 env={"FAKE_CLI_ECHO_ENV": "ANTHROPIC_API_KEY"})
+    group_create(tool="claude", account="team-a", credentials={"ANTHROPIC_API_KEY": secret_team},
+                 env={"FAKE_CLI_ECHO_ENV": "ANTHROPIC_API_KEY"})
+    workers.start("control", concurrency=1, env=FAST, loglevel="DEBUG")
+    workers.start("claude-main,claude-team-a", concurrency=2, env=FAST, loglevel="DEBUG")
+
+    tasks = [
+        _enqueue(fake("ok", tag="ok")),
+        _enqueue(fake("auth", scenario="auth")),
+        _enqueue(fake("limit", scenario="rate_limit"), max_attempts=1),
+        _enqueue(fake("crash", scenario="exit", exit_code=2, stderr="boom")),
+    ]
+    wait_terminal(*(t.pk for t in tasks), timeout=60)
+
+    recorded = [workers.logs(tail=None)]
+    recorded += [f"{r.stdout}{r.stderr}{r.command}" for r in TaskRun.objects.all()]
+    recorded += [f"{e.reason}{e.data}" for e in TaskEvent.objects.all()]
+    recorded += [json.dumps(task_dict(t, detail=True), default=str) for t in Task.objects.all()]
+    recorded += [schedulerctl(workers, "--json", "groups", "list").stdout]
+    recorded += [g.credentials_encrypted for g in WorkerGroup.objects.all()]
+    text = "\n".join(recorded)
+    assert "debug: ANTHROPIC_API_KEY=[redacted]" in text  # the CLI did print it: it was scrubbed
+    assert secret_main not in text and secret_team not in text
