@@ -8,6 +8,7 @@ import socket
 import time
 
 from celery import shared_task
+from celery.signals import worker_ready
 from django.conf import settings
 from django.db import close_old_connections
 
@@ -68,6 +69,13 @@ def tick_task() -> None:
     leases_reconcile()
     dispatch_runnable()
     prune_processed_messages()
+
+
+@worker_ready.connect
+def _on_worker_ready(**_: object) -> None:
+    from workers.maintenance import stale_work_dirs_remove
+
+    stale_work_dirs_remove()
 
 
 def prune_processed_messages(max_age_seconds: float = 600.0) -> int:

@@ -253,3 +253,33 @@ def test_credentials_never_reach_logs_runs_events_or_json(workers: WorkerProcess
     text = "\n".join(recorded)
     assert "debug: ANTHROPIC_API_KEY=[redacted]" in text  # the CLI did print it: it was scrubbed
     assert secret_main not in text and secret_team not in text
+
+
+def test_outputs_that_are_symlinks_are_refused_never_read(workers: WorkerProcesses) -> None:
+    group_create(tool="claude", account="main")
+    workers.start("control", concurrency=1, env=FAST)
+    workers.start("claude-main", concurrency=1, env=FAST)
+    prompt = fake("outputs", write={"ok.txt": "fine"}, symlink={"leak.txt": "/etc/passwd", "etc-link": "/etc"})
+
+    task = _enqueue(prompt, output_files=["ok.txt", "leak.txt", "etc-link/passwd", "*.txt"])
+    (task,) = wait_terminal(task.pk)
+
+    assert task.status == "succeeded", workers.logs()
+    assert list(TaskFile.objects.filter(task=task, direction="output").values_list("path", flat=True)) == ["ok.txt"]
+    errors = " | ".join(task.result["output_errors"])
+    assert "'leak.txt' refused" in errors and "'etc-link/passwd' refused" in errors
+    assert not any(b"root:" in f.read_bytes() for f in TaskFile.objects.filter(task=task))
+    work_root = workers.log_dir / "work"
+    assert not work_root.exists() or list(work_root.iterdir()) == []  # removed after collection
+
+
+def test_work_dir_is_removed_after_a_timeout_kill(workers: WorkerProcesses) -> None:
+    group_create(tool="claude", account="main")
+    workers.start("control", concurrency=1, env=FAST)
+    workers.start("claude-main", concurrency=1, env=FAST)
+
+    task = _enqueue(fake("hang", scenario="hang", write={"partial.txt": "x"}), timeout_seconds=1)
+    (task,) = wait_terminal(task.pk)
+
+    assert task.status == "failed" and TaskRun.objects.get(task=task).failure_kind == "timeout"
+    assert list((workers.log_dir / "work").iterdir()) == []
