@@ -13,7 +13,7 @@ from tasks_app.models import Task, TaskStatus
 
 logger = logging.getLogger(__name__)
 
-_RUN_DIR = re.compile(r"^(?P<task>[0-9a-f-]{36})-(?P<attempt>\d+)$")
+_RUN_DIR = re.compile(r"^(?P<task>[0-9a-f-]{36})-(?P<attempt>\d+)(?:\.tmp)?$")
 
 
 def stale_work_dirs_remove(root: Path | None = None) -> list[str]:

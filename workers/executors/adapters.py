@@ -37,6 +37,7 @@ class FlagRule:
     values: Any  # FLAG, ANY, a set of choices, or a predicate
     dangerous_values: frozenset[str] = frozenset()
     dangerous: bool = False  # the flag itself is dangerous
+    replaces: tuple[str, ...] = ()  # default flags this one stands in for (the CLI refuses both together)
 
 
 class Adapter:
@@ -88,7 +89,7 @@ class Adapter:
 
     def build(self, *, binary: str, model: str, extra_args: Iterable[object], allow_dangerous: bool) -> list[str]:
         extras = self.check_extra_args(extra_args, allow_dangerous=allow_dangerous)
-        overridden = {name for name, _ in extras}
+        overridden = {name for name, _ in extras} | {r for name, _ in extras for r in self.rules[name].replaces}
         argv = [binary, *self.base_argv]
         for name, value in [*(f for f in self.default_flags(model) if f[0] not in overridden), *extras]:
             argv.extend([name] if value is None else [name, value])
@@ -271,7 +272,8 @@ class GeminiAdapter(Adapter):
             {"default", "auto_edit", "plan", "yolo"}, dangerous_values=frozenset({"yolo"})
         ),
         "--sandbox": FlagRule(FLAG),
-        "--yolo": FlagRule(FLAG, dangerous=True),
+        # gemini refuses --yolo together with --approval-mode: it stands in for our default one.
+        "--yolo": FlagRule(FLAG, dangerous=True, replaces=("--approval-mode",)),
     }
     # No relaunching parent that ignores SIGTERM; trust the job's fresh work dir.
     child_env = {"GEMINI_CLI_NO_RELAUNCH": "1", "NO_COLOR": "1"}
@@ -305,7 +307,8 @@ class GeminiAdapter(Adapter):
         if isinstance(error, dict):
             message = str(error.get("message") or error.get("type") or "")
             code = error.get("code")
-            status = code if isinstance(code, int) else None
+            # `code` is an HTTP status for API errors but gemini's own exit code (41, 42, …) for others.
+            status = code if isinstance(code, int) and 100 <= code <= 599 else None
         elif isinstance(error, str):
             message = error
         if status is None and exit_code in _GEMINI_HTTP_EXITS:

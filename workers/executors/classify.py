@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 RATE_LIMIT_PATTERNS = re.compile(
@@ -44,8 +44,7 @@ _TRY_AGAIN_AT = re.compile(
     r"try again at\s+(?:([A-Z][a-z]+)\s+(\d{1,2})(?:st|nd|rd|th)?,\s+(\d{4})\s+)?(\d{1,2}):(\d{2})\s*([AP]M)", re.I
 )
 _MONTHS = {m: i for i, m in enumerate(
-    ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
-     "november", "december"], start=1)}
+    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1)}
 
 
 def _hour24(hour: int, meridiem: str) -> int:
@@ -53,42 +52,45 @@ def _hour24(hour: int, meridiem: str) -> int:
     return hour + 12 if meridiem.lower() == "pm" else hour
 
 
-def _zone(name: str | None) -> timezone | ZoneInfo:
-    if name:
+def _month(name: str | None) -> int | None:
+    return _MONTHS.get(name[:3].lower()) if name else None
+
+
+def _seconds_until(now: datetime, *, hour: int, minute: int, zone_name: str | None = None,
+                   date: tuple[int, int, int] | None = None) -> float:
+    """Seconds from `now` to the next `hour:minute` wall-clock time (or on `date`) in the named zone, else the
+    box's local zone; DST-correct because both ends are compared as timestamps."""
+    zone: ZoneInfo | None = None
+    if zone_name:
         try:
-            return ZoneInfo(name.strip())
+            zone = ZoneInfo(zone_name.strip())
         except (ZoneInfoNotFoundError, ValueError):
-            pass
-    local = datetime.now().astimezone().tzinfo
-    return local if isinstance(local, timezone | ZoneInfo) else UTC
+            zone = None
+    # Naive wall-clock arithmetic, then localised: the offset in force at the target applies, not today's.
+    local_now = now.astimezone(zone).replace(tzinfo=None) if zone else datetime.fromtimestamp(now.timestamp())
+    target = local_now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if date is not None:
+        target = target.replace(year=date[0], month=date[1], day=date[2])
+    elif target <= local_now - RECENTLY_PASSED:
+        target += timedelta(days=1)
+    aware = target.replace(tzinfo=zone) if zone else target.astimezone()
+    return max(aware.timestamp() - now.timestamp(), 0.0)
 
 
 def retry_after_from_text(text: str, *, now: datetime | None = None) -> float | None:
     """Seconds until the reset a CLI names in text ("retry in 34.8s", "resets 11pm (Europe/Lisbon)",
-    "try again at 3:28 PM"); None when it names none. Clock times are the box's local time unless a zone
-    is given, and a time already past today means tomorrow."""
+    "try again at 3:28 PM", "try again at Jun 3rd, 2026 4:03 PM"); None when it names none. Clock times are
+    the box's local time unless a zone is given; one that passed minutes ago has just happened."""
     now = now or datetime.now(UTC)
     if match := _RETRY_IN.search(text):
         value = float(match.group(1))
         return value / 1000 if match.group(2).lower() == "ms" else value
     if match := _RESETS_AT_CLOCK.search(text):
-        zone = _zone(match.group(4))
-        local_now = now.astimezone(zone)
-        target = local_now.replace(
-            hour=_hour24(int(match.group(1)), match.group(3)), minute=int(match.group(2) or 0), second=0,
-            microsecond=0,
-        )
-        if target <= local_now - RECENTLY_PASSED:
-            target += timedelta(days=1)
-        return max((target - local_now).total_seconds(), 0.0)
+        return _seconds_until(now, hour=_hour24(int(match.group(1)), match.group(3)),
+                              minute=int(match.group(2) or 0), zone_name=match.group(4))
     if match := _TRY_AGAIN_AT.search(text):
         month_name, day, year, hour, minute, meridiem = match.groups()
-        zone = _zone(None)
-        local_now = now.astimezone(zone)
-        target = local_now.replace(hour=_hour24(int(hour), meridiem), minute=int(minute), second=0, microsecond=0)
-        if month_name and month_name.lower() in _MONTHS:
-            target = target.replace(year=int(year), month=_MONTHS[month_name.lower()], day=int(day))
-        elif target <= local_now - RECENTLY_PASSED:
-            target += timedelta(days=1)
-        return max((target - local_now).total_seconds(), 0.0)
+        month = _month(month_name)
+        date = (int(year), month, int(day)) if month and day and year else None
+        return _seconds_until(now, hour=_hour24(int(hour), meridiem), minute=int(minute), date=date)
     return None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -74,10 +74,11 @@ def read_output(root: Path, relative: str, *, max_bytes: int) -> bytes:
             if exc.errno == errno.ELOOP:
                 raise ConfinementError(f"{relative!r} is a symlink; outputs must be regular files") from None
             raise
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise ConfinementError(f"{relative!r} is not a regular file")
         with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ConfinementError(f"{relative!r} is not a regular file")
             if info.st_size > max_bytes:
                 raise ConfinementError(f"{relative!r} is {info.st_size} bytes; the limit per output is {max_bytes}")
             data = handle.read(max_bytes + 1)
@@ -86,6 +87,59 @@ def read_output(root: Path, relative: str, *, max_bytes: int) -> bytes:
             return data
     finally:
         os.close(dir_fd)
+
+
+MAX_GLOB_MATCHES = 1000
+MAX_WALKED_ENTRIES = 100_000
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A glob over relative POSIX paths: `*` and `?` stay inside one segment, `**/` spans any depth."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]+/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1:end]
+            out.append("[" + ("^" + re.escape(body[1:]) if body.startswith("!") else re.escape(body)) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def glob_files(root: Path, pattern: str) -> tuple[list[str], bool]:
+    """Files under `root` matching `pattern`, walking without following symlinked directories (a CLI may leave
+    `a -> .` loops behind) and skipping hidden entries, as glob does. Bounded in entries walked and matches."""
+    regex = glob_regex(pattern)
+    matches: list[str] = []
+    walked = 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        relative_dir = os.path.relpath(dirpath, root)
+        for name in sorted(filenames):
+            walked += 1
+            if name.startswith("."):
+                continue
+            relative = name if relative_dir == "." else f"{relative_dir}/{name}"
+            if regex.match(relative):
+                matches.append(relative)
+                if len(matches) >= MAX_GLOB_MATCHES:
+                    return sorted(matches), True
+        if walked > MAX_WALKED_ENTRIES:
+            return sorted(matches), True
+    return sorted(matches), False
 
 
 def collect_outputs(
@@ -98,8 +152,9 @@ def collect_outputs(
     total = 0
     for pattern in patterns:
         if _GLOB_CHARS & set(pattern):
-            matches = sorted(glob.glob(pattern, root_dir=root, recursive=True))
-            matches = [m for m in matches if not os.path.isdir(os.path.join(root, m))]
+            matches, truncated = glob_files(root, pattern)
+            if truncated:
+                errors.append(f"pattern {pattern!r} matched more than {MAX_GLOB_MATCHES} files; the rest were skipped")
         else:
             matches = [pattern] if os.path.lexists(root / pattern) else []
             if not matches:

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import IO
 
 from workers.executors.adapters import Adapter, adapter_for
@@ -80,13 +81,31 @@ def _kill_group(pgid: int, sig: int) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Is any process of the group still running? Zombies do not count: an init that reaps slowly (PID 1 in a
+    container) would otherwise make every kill wait out the whole grace period."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state, ppid, pgrp, ...
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 
 def terminate_group(proc: subprocess.Popen[bytes], grace_seconds: float) -> None:
@@ -122,25 +141,44 @@ def execute(spec: ExecutionSpec, *, heartbeat: Heartbeat | None = None) -> Execu
     except OSError as exc:
         result.failure_kind, result.error_message = "internal", f"cannot create work dir: {exc.strerror}"
         return result
+    # A private TMPDIR beside the work dir (outside the job's own files), removed with it: CLIs write prompts
+    # and error dumps to temp files (gemini's /tmp/gemini-client-error-*.json holds the prompt).
+    private_tmp = private_tmp_dir(spec.work_dir)
     try:
-        for relative, data in spec.input_files:
-            write_input(spec.work_dir, relative, data)
-        # A private TMPDIR, removed with the work dir: CLIs write prompts and error dumps to temp files
-        # (gemini's /tmp/gemini-client-error-*.json holds the prompt). Hidden, so output globs skip it.
-        private_tmp = spec.work_dir / ".tmp"
-        private_tmp.mkdir(mode=0o700, exist_ok=True)
-        spec = replace(spec, env={**spec.env, "TMPDIR": str(private_tmp)})
-        _run_process(spec, adapter, result, heartbeat)
-    except ConfinementError as exc:
-        result.failure_kind, result.error_message = "internal", f"input refused: {exc}"
+        try:
+            for relative, data in spec.input_files:
+                write_input(spec.work_dir, relative, data)
+        except (ConfinementError, OSError) as exc:
+            result.failure_kind, result.error_message = "internal", f"input refused: {_describe(exc)}"
+            return result
+        shutil.rmtree(private_tmp, ignore_errors=True)  # left over by a killed worker
+        private_tmp.mkdir(mode=0o700)
+        _run_process(replace(spec, env={**spec.env, "TMPDIR": str(private_tmp)}), adapter, result, heartbeat)
+    except OSError as exc:
+        result.failure_kind, result.error_message = "internal", f"work dir error: {_describe(exc)}"
     finally:
         if not spec.keep_work_dir:
             shutil.rmtree(spec.work_dir, ignore_errors=True)
-    result.stdout = scrub(result.stdout, spec.secrets)
-    result.stderr = scrub(result.stderr, spec.secrets)
-    result.error_message = scrub(result.error_message, spec.secrets)
-    result.final_message = scrub(result.final_message, spec.secrets)
+        shutil.rmtree(private_tmp, ignore_errors=True)
+        _scrub_result(result, spec.secrets)
     return result
+
+
+def private_tmp_dir(work_dir: Path) -> Path:
+    return work_dir.with_name(work_dir.name + ".tmp")
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {Path(exc.filename).name if exc.filename else ''}".rstrip(": ")
+    return str(exc)
+
+
+def _scrub_result(result: ExecutionResult, secrets: tuple[str, ...]) -> None:
+    result.stdout = scrub(result.stdout, secrets)
+    result.stderr = scrub(result.stderr, secrets)
+    result.error_message = scrub(result.error_message, secrets)
+    result.final_message = scrub(result.final_message, secrets)
 
 
 def _run_process(
@@ -177,6 +215,20 @@ def _run_process(
     for thread in threads:
         thread.start()
 
+    try:
+        stopped = _wait(proc, spec, started, heartbeat)
+    finally:
+        # However the wait ended (even by an exception from the heartbeat), nothing the CLI started survives.
+        if proc.poll() is None:
+            terminate_group(proc, spec.kill_grace_seconds)
+        _kill_group(proc.pid, signal.SIGKILL)
+        for thread in threads:
+            thread.join(timeout=5)
+    _record(spec, adapter, result, proc, stdout, stderr, started, stopped)
+
+
+def _wait(proc: subprocess.Popen[bytes], spec: ExecutionSpec, started: float, heartbeat: Heartbeat | None) -> str:
+    """Wait for the CLI; returns why it was stopped ("timeout", "cancel", "lease_lost") or "" if it exited."""
     stopped: str = ""
     deadline = started + spec.timeout_seconds
     next_beat = started + spec.heartbeat_interval if heartbeat is not None else float("inf")
@@ -199,10 +251,11 @@ def _run_process(
         if stopped:
             terminate_group(proc, spec.kill_grace_seconds)
             break
-    # The CLI is done; anything it left behind in its group (shells, MCP servers) goes too.
-    _kill_group(proc.pid, signal.SIGKILL)
-    for thread in threads:
-        thread.join(timeout=5)
+    return stopped
+
+
+def _record(spec: ExecutionSpec, adapter: Adapter, result: ExecutionResult, proc: subprocess.Popen[bytes],
+            stdout: BoundedBuffer, stderr: BoundedBuffer, started: float, stopped: str) -> None:
     result.latency_ms = int((time.monotonic() - started) * 1000)
     result.exit_code = proc.returncode
     raw_out, raw_err = stdout.value(), stderr.value()
