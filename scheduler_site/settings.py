@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "tasks_app",
 ]
@@ -116,8 +117,41 @@ LOGGING = {
 
 # --- REST framework ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
+    # Token first: its header makes anonymous requests 401. Sessions let staff browse the API in the admin.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "tasks_app.api.auth.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["tasks_app.api.throttling.TokenRateThrottle"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "tasks_app.api.errors.api_exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
+                                 "rest_framework.renderers.BrowsableAPIRenderer"],
 }
+SPECTACULAR_SETTINGS = {
+    "TITLE": "CLI Scheduler API",
+    "DESCRIPTION": "Queue, inspect and cancel LLM coding CLI jobs (claude, codex, gemini).",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,  # request and response schemas differ (write-only credentials)
+    "SWAGGER_UI_DIST": "SIDECAR",  # served from our static files: no CDN
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "tasks_app.api.schema.add_error_responses",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        "TaskStatusEnum": "tasks_app.models.TaskStatus",
+        "RunStatusEnum": "tasks_app.models.TaskRun.Status",
+    },
+}
+# Throttle counters live in the cache: per process by default; set CACHE_URL (e.g. redis://…/1) to share.
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+# Inputs arrive base64-encoded inside JSON: allow the total input limit plus encoding overhead.
+DATA_UPLOAD_MAX_MEMORY_SIZE = None  # set below, once the limits are known
 
 # --- Celery ---------------------------------------------------------------------------------------
 _EMBEDDED_BROKER_DIR = VAR_DIR / "broker"
@@ -205,6 +239,8 @@ SCHEDULER_RATE_LIMIT_COOLDOWN_SECONDS = env.float("SCHEDULER_RATE_LIMIT_COOLDOWN
 SCHEDULER_CANCEL_POLL_SECONDS = env.float("SCHEDULER_CANCEL_POLL_SECONDS", default=1.0)
 SCHEDULER_KILL_GRACE_SECONDS = env.float("SCHEDULER_KILL_GRACE_SECONDS", default=10.0)
 SCHEDULER_API_ENABLED = env.bool("SCHEDULER_API_ENABLED", default=True)
+SCHEDULER_API_THROTTLE_RATE = env.str("SCHEDULER_API_THROTTLE_RATE", default="1200/min")
+DATA_UPLOAD_MAX_MEMORY_SIZE = SCHEDULER_MAX_TOTAL_BYTES * 4 // 3 + 1024 * 1024
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 SCHEDULER_INTAKE_MODEL = env.str("SCHEDULER_INTAKE_MODEL", default="gpt-4.1-mini")

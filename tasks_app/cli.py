@@ -96,6 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--allow-dangerous-flags", action=argparse.BooleanOptionalAction, default=None)
     for name in ("pause", "resume"):
         groups.add_parser(name).add_argument("name")
+
+    users = sub.add_parser("users", help="API users").add_subparsers(dest="action", required=True,
+                                                                     parser_class=_Parser)
+    users.add_parser = _with_parents(users.add_parser, common)  # type: ignore[method-assign]
+    p = users.add_parser("add", help="create a user of --tenant (default: 'default')")
+    p.add_argument("name")
+    p.add_argument("--staff", action="store_true", help="sees every tenant, manages worker groups")
+
+    tokens = sub.add_parser("tokens", help="API tokens").add_subparsers(dest="action", required=True,
+                                                                        parser_class=_Parser)
+    tokens.add_parser = _with_parents(tokens.add_parser, common)  # type: ignore[method-assign]
+    p = tokens.add_parser("create", help="a new key for a user; printed once, stored only as a hash")
+    p.add_argument("--user", required=True)
+    p.add_argument("--name", default="")
+    p = tokens.add_parser("list")
+    p.add_argument("--user")
+    tokens.add_parser("revoke").add_argument("id", type=int)
     return parser
 
 
@@ -371,9 +388,50 @@ def cmd_groups(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users(args: argparse.Namespace) -> int:
+    from tasks_app.services.accounts import user_create
+
+    user = user_create(username=args.name, tenant=args.tenant, staff=args.staff)
+    data = {"username": user.get_username(), "tenant": args.tenant, "staff": user.is_staff}
+    _print(args, data, lambda d: print(f"user {d['username']} (tenant {d['tenant']}{', staff' if d['staff'] else ''})"))
+    return 0
+
+
+def _token_dict(token: Any) -> dict[str, Any]:
+    return {"id": token.pk, "user": token.user.get_username(), "name": token.name, "prefix": token.prefix,
+            "created_at": token.created_at.isoformat(),
+            "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
+            "revoked": token.revoked_at is not None}
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from tasks_app.models import ApiToken
+    from tasks_app.services.accounts import token_create, token_revoke
+
+    if args.action == "create":
+        token, key = token_create(username=args.user, name=args.name)
+        data = {**_token_dict(token), "key": key}
+        _print(args, data, lambda d: print(f"{d['key']}\n(token {d['id']} for {d['user']}: shown once, store it now)"))
+    elif args.action == "list":
+        rows = ApiToken.objects.select_related("user")
+        if args.user:
+            rows = rows.filter(user__username=args.user)
+        data_rows = [_token_dict(t) for t in rows]
+        _print(args, data_rows, lambda rows: _table(
+            ["id", "user", "name", "prefix", "created", "last used", "revoked"],
+            [[r["id"], r["user"], r["name"], r["prefix"] + "…", r["created_at"][:19], (r["last_used_at"] or "")[:19],
+              r["revoked"]] for r in rows]))
+    else:
+        if not ApiToken.objects.filter(pk=args.id).exists():
+            raise CommandError(f"no token {args.id}", EXIT_NOT_FOUND)
+        token = token_revoke(token_id=args.id)
+        _print(args, _token_dict(token), lambda d: print(f"token {d['id']} revoked"))
+    return 0
+
+
 COMMANDS = {
     "enqueue": cmd_enqueue, "list": cmd_list, "get": cmd_get, "cancel": cmd_cancel, "retry": cmd_retry,
-    "logs": cmd_logs, "files": cmd_files, "groups": cmd_groups,
+    "logs": cmd_logs, "files": cmd_files, "groups": cmd_groups, "users": cmd_users, "tokens": cmd_tokens,
 }
 
 

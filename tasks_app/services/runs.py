@@ -29,7 +29,7 @@ from tasks_app.models import (
     TaskStatus,
     WorkerGroup,
 )
-from tasks_app.services.tasks import request_dispatch, stored_file, task_transition
+from tasks_app.services.tasks import stored_file, task_transition
 from workers.executors.base import Control, ExecutionResult
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
         else:
             _settle_failure(task, run, kind=result.failure_kind, message=result.error_message,
                             retry_after=result.retry_after_seconds, actor=worker, now=now, summary=summary)
-        transaction.on_commit(request_dispatch)
+    # The freed slot is refilled by the caller's dispatch pass (the worker runs one right away).
     return task
 
 
@@ -254,5 +254,4 @@ def leases_reconcile(*, now: datetime | None = None, limit: int = 500) -> int:
                                 message=f"worker {run.worker or '?'} stopped renewing its lease", retry_after=None,
                                 actor="", now=now)
             handled += 1
-            transaction.on_commit(request_dispatch)
-    return handled
+    return handled  # the tick dispatches right after reconciling

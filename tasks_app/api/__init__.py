@@ -1,0 +1,1 @@
+"""The client HTTP API (DRF) under /api/v1/."""

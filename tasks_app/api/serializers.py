@@ -1,0 +1,148 @@
+"""Request parsing (types only; the rules live in the services, shared with every producer) and responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from tasks_app.models import Task, TaskEvent, TaskFile, TaskRun, Tool, WorkerGroup
+from tasks_app.services.tasks import TaskSpec, input_file_from_payload
+
+
+class StrictCharField(serializers.CharField):
+    """A string, and only a string: DRF would quietly turn 42 or true into "42" / "True"."""
+
+    default_error_messages = {"not_a_string": "must be a string, not {type}"}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("not_a_string", type=type(data).__name__)
+        return super().to_internal_value(data)
+
+
+class InputFileSerializer(serializers.Serializer):
+    path = StrictCharField(trim_whitespace=False, max_length=1024)
+    content = StrictCharField(trim_whitespace=False, allow_blank=True, required=False)
+    content_base64 = StrictCharField(trim_whitespace=False, allow_blank=True, required=False)
+
+
+class TaskCreateSerializer(serializers.Serializer):
+    tool = serializers.ChoiceField(choices=Tool.choices)
+    prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
+    model = StrictCharField(required=False, allow_blank=True, default="", max_length=120)
+    input_files = InputFileSerializer(many=True, required=False, default=list)
+    output_files = serializers.ListField(
+        child=StrictCharField(trim_whitespace=False, allow_blank=True, max_length=1024), required=False,
+        default=list, max_length=1000,
+    )
+    priority = serializers.IntegerField(required=False, default=5, min_value=1, max_value=9)
+    scheduled_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    max_attempts = serializers.IntegerField(required=False, default=3, min_value=1, max_value=20)
+    timeout_seconds = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
+    idempotency_key = StrictCharField(required=False, allow_null=True, default=None, max_length=200)
+    worker_group = StrictCharField(required=False, allow_null=True, default=None, max_length=100)
+    metadata = serializers.DictField(required=False, default=dict)
+
+    def to_spec(self) -> TaskSpec:
+        data = self.validated_data
+        try:
+            inputs = [input_file_from_payload(dict(item), index=i) for i, item in enumerate(data["input_files"])]
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from None
+        return TaskSpec(
+            tool=data["tool"], prompt=data["prompt"], model=data["model"], input_files=inputs,
+            output_files=list(data["output_files"]), priority=data["priority"], scheduled_at=data["scheduled_at"],
+            max_attempts=data["max_attempts"], timeout_seconds=data["timeout_seconds"],
+            idempotency_key=data["idempotency_key"], worker_group=data["worker_group"],
+            metadata=dict(data["metadata"]),
+        )
+
+
+class TaskRunSerializer(serializers.ModelSerializer):
+    worker_group = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    cost_usd = serializers.FloatField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = TaskRun
+        fields = [
+            "id", "attempt", "status", "worker_group", "worker", "started_at", "finished_at", "exit_code",
+            "failure_kind", "retry_after_seconds", "input_tokens", "output_tokens", "cost_usd", "latency_ms",
+            "command", "stdout", "stdout_truncated", "stderr", "stderr_truncated",
+        ]
+        read_only_fields = fields
+
+
+class TaskEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TaskEvent
+        fields = ["id", "from_status", "to_status", "source", "actor", "reason", "data", "created_at"]
+        read_only_fields = fields
+
+
+class TaskFileSerializer(serializers.ModelSerializer):
+    attempt = serializers.IntegerField(source="run.attempt", read_only=True, allow_null=True, default=None)
+
+    class Meta:
+        model = TaskFile
+        fields = ["id", "direction", "path", "size_bytes", "sha256", "content_type", "attempt", "created_at"]
+        read_only_fields = fields
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    worker_group = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Task
+        fields = [
+            "id", "tenant", "created_by", "tool", "model", "prompt", "output_files", "priority", "status",
+            "scheduled_at", "worker_group", "attempt", "max_attempts", "next_attempt_at", "timeout_seconds",
+            "idempotency_key", "result", "error_message", "started_at", "finished_at", "metadata", "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class TaskDetailSerializer(TaskSerializer):
+    files = TaskFileSerializer(many=True, read_only=True)
+    latest_run = serializers.SerializerMethodField()
+
+    class Meta(TaskSerializer.Meta):
+        fields = [*TaskSerializer.Meta.fields, "files", "latest_run"]
+        read_only_fields = fields
+
+    @extend_schema_field(TaskRunSerializer(allow_null=True))
+    def get_latest_run(self, task: Task) -> dict[str, Any] | None:
+        run = task.runs.order_by("-attempt").first()
+        return TaskRunSerializer(run).data if run is not None else None
+
+
+
+class WorkerGroupSerializer(serializers.ModelSerializer):
+    """Credentials are write-only: responses list their key names, never values."""
+
+    credentials = serializers.DictField(child=StrictCharField(trim_whitespace=False), write_only=True,
+                                        required=False)
+    credential_names = serializers.ListField(child=StrictCharField(), read_only=True)
+    env = serializers.DictField(child=StrictCharField(trim_whitespace=False, allow_blank=True), required=False)
+    extra_args = serializers.ListField(child=StrictCharField(trim_whitespace=False), required=False)
+    running = serializers.IntegerField(read_only=True, required=False)
+    queued = serializers.IntegerField(read_only=True, required=False)
+
+    class Meta:
+        model = WorkerGroup
+        fields = [
+            "name", "tool", "account", "max_concurrent", "enabled", "credentials", "credential_names", "env",
+            "allow_dangerous_flags", "extra_args", "rate_limited_until", "running", "queued", "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["name", "rate_limited_until", "created_at", "updated_at"]
+        validators: list[Any] = []  # uniqueness is the service's to report, with its field-named message
+        extra_kwargs = {"account": {"validators": []}, "max_concurrent": {"min_value": 1, "max_value": 1000}}
+
+
+class WorkerGroupUpdateSerializer(WorkerGroupSerializer):
+    class Meta(WorkerGroupSerializer.Meta):
+        read_only_fields = ["name", "tool", "account", "rate_limited_until", "created_at", "updated_at"]

@@ -1,0 +1,186 @@
+"""API views: thin. Parse with a serializer, call one service or selector, present the result."""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import FileResponse, HttpResponse
+from django.shortcuts import get_object_or_404
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.filters import OrderingFilter
+from rest_framework.pagination import CursorPagination
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from tasks_app.api.filters import TaskFilter
+from tasks_app.api.serializers import (
+    TaskCreateSerializer,
+    TaskDetailSerializer,
+    TaskEventSerializer,
+    TaskFileSerializer,
+    TaskRunSerializer,
+    TaskSerializer,
+    WorkerGroupSerializer,
+    WorkerGroupUpdateSerializer,
+)
+from tasks_app.models import EventSource, Task, TaskStatus
+from tasks_app.selectors import group_list
+from tasks_app.services.accounts import user_tenant
+from tasks_app.services.groups import group_create, group_pause, group_resume, group_update
+from tasks_app.services.tasks import task_cancel, task_create, task_retry
+
+
+class ApiTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "tasks_app.api.auth.ApiTokenAuthentication"
+    name = "TokenAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {"type": "apiKey", "in": "header", "name": "Authorization",
+                "description": "`Token <key>` or `Bearer <key>` (create one with `schedulerctl tokens create`)."}
+
+
+class TaskCursorPagination(CursorPagination):
+    """Cursor pagination: constant cost per page however deep the list (no OFFSET scans)."""
+
+    ordering = "-created_at"
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+def tenant_scope(request: Request) -> str | None:
+    """The tenant whose rows this request may see; None for staff, who see all."""
+    return None if request.user.is_staff else user_tenant(request.user)
+
+
+_CONFLICT = OpenApiResponse(description="The task's status does not allow this.")
+
+
+class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = TaskSerializer
+    filter_backends = [DjangoFilterBackend, OrderingFilter]
+    filterset_class = TaskFilter
+    ordering_fields = ["created_at", "priority"]
+    ordering = ["-created_at"]
+    pagination_class = TaskCursorPagination
+    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+
+    def get_queryset(self) -> QuerySet[Task]:
+        queryset = Task.objects.select_related("worker_group")
+        scope = tenant_scope(self.request)
+        return queryset if scope is None else queryset.filter(tenant=scope)
+
+    def get_serializer_class(self) -> type:
+        return TaskDetailSerializer if self.action == "retrieve" else TaskSerializer
+
+    @extend_schema(
+        request=TaskCreateSerializer,
+        responses={201: TaskDetailSerializer, 200: TaskDetailSerializer,
+                   409: OpenApiResponse(description="idempotency_key reused with a different body")},
+        description="Create a task. The same idempotency_key with the same body returns the existing task (200).",
+    )
+    def create(self, request: Request) -> Response:
+        serializer = TaskCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        task, created = task_create(spec=serializer.to_spec(), tenant=user_tenant(request.user),
+                                    created_by=request.user.get_username(), source=EventSource.API)
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return Response(TaskDetailSerializer(task).data, status=code)
+
+    @extend_schema(request=None, responses={200: TaskSerializer, 202: TaskSerializer, 409: _CONFLICT},
+                   description="Cancel. Queued tasks end at once (200); running ones are killed by their worker (202).")
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        task = task_cancel(task_id=self.get_object().pk, source=EventSource.API, actor=request.user.get_username())
+        code = status.HTTP_202_ACCEPTED if task.status == TaskStatus.RUNNING else status.HTTP_200_OK
+        return Response(TaskSerializer(task).data, status=code)
+
+    @extend_schema(request=None, responses={200: TaskSerializer, 409: _CONFLICT},
+                   description="Re-queue a failed or canceled task with a fresh attempt budget.")
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str | None = None) -> Response:
+        task = task_retry(task_id=self.get_object().pk, source=EventSource.API, actor=request.user.get_username())
+        return Response(TaskSerializer(task).data)
+
+    @extend_schema(responses=TaskRunSerializer(many=True), description="Attempts, newest first.")
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    def runs(self, request: Request, pk: str | None = None) -> Response:
+        runs = self.get_object().runs.select_related("worker_group").order_by("-attempt")
+        return Response(TaskRunSerializer(runs, many=True).data)
+
+    @extend_schema(responses=TaskEventSerializer(many=True), description="Status audit trail, oldest first.")
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    def events(self, request: Request, pk: str | None = None) -> Response:
+        events = self.get_object().events.order_by("created_at", "id")
+        return Response(TaskEventSerializer(events, many=True).data)
+
+    @extend_schema(responses=TaskFileSerializer(many=True), description="Input and output files (metadata).")
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    def files(self, request: Request, pk: str | None = None) -> Response:
+        files = self.get_object().files.select_related("run").order_by("direction", "path", "id")
+        return Response(TaskFileSerializer(files, many=True).data)
+
+    @extend_schema(responses={(200, "*/*"): OpenApiTypes.BINARY},
+                   description="Raw bytes, with the file's Content-Type and an attachment Content-Disposition.")
+    @action(detail=True, methods=["get"], url_path=r"files/(?P<file_id>[0-9]{1,18})/content",
+            pagination_class=None, filter_backends=[])
+    def file_content(self, request: Request, pk: str | None = None, file_id: str | None = None) -> HttpResponse:
+        item = get_object_or_404(self.get_object().files, pk=int(file_id or 0))
+        filename = posixpath.basename(item.path)
+        if item.content is not None:
+            response = HttpResponse(bytes(item.content), content_type=item.content_type)
+            response["Content-Disposition"] = f'attachment; filename="{filename}"'
+            return response
+        return FileResponse(item.file.open("rb"), as_attachment=True, filename=filename,
+                            content_type=item.content_type)
+
+
+class WorkerGroupViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Worker groups (staff only). Credentials are write-only; responses show their key names."""
+
+    permission_classes = [IsAdminUser]
+    serializer_class = WorkerGroupSerializer
+    lookup_field = "name"
+    lookup_value_regex = "[a-z0-9-]{1,100}"
+    pagination_class = None
+
+    def get_queryset(self) -> QuerySet:
+        return group_list()
+
+    @extend_schema(request=WorkerGroupSerializer, responses={201: WorkerGroupSerializer})
+    def create(self, request: Request) -> Response:
+        serializer = WorkerGroupSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        group = group_create(**serializer.validated_data)
+        return Response(self._present(group.name), status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=WorkerGroupUpdateSerializer, responses=WorkerGroupSerializer)
+    def partial_update(self, request: Request, name: str | None = None) -> Response:
+        group = self.get_object()
+        serializer = WorkerGroupUpdateSerializer(group, data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        group_update(name=group.name, changes=dict(serializer.validated_data))
+        return Response(self._present(group.name))
+
+    @extend_schema(request=None, responses=WorkerGroupSerializer)
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, name: str | None = None) -> Response:
+        group_pause(name=self.get_object().name)
+        return Response(self._present(name))
+
+    @extend_schema(request=None, responses=WorkerGroupSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, name: str | None = None) -> Response:
+        group_resume(name=self.get_object().name)
+        return Response(self._present(name))
+
+    def _present(self, name: str | None) -> dict[str, Any]:
+        return WorkerGroupSerializer(group_list().get(name=name)).data

@@ -1,0 +1,74 @@
+"""Users, their tenant, and API tokens (hashed; the key is returned once)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from tasks_app.models import ApiToken, Membership
+
+KEY_PREFIX = "cs_"
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_USERNAME = re.compile(r"^[\w.@+-]{1,150}$")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def user_tenant(user: AbstractBaseUser) -> str:
+    membership = getattr(user, "membership", None)
+    return membership.tenant if membership is not None else "default"
+
+
+def user_create(*, username: str, tenant: str, staff: bool = False) -> AbstractBaseUser:
+    if not isinstance(username, str) or not _USERNAME.match(username):
+        raise ValidationError({"username": ["must be 1-150 letters, digits or @.+-_"]})
+    if not isinstance(tenant, str) or not _TENANT.match(tenant):
+        raise ValidationError({"tenant": ["must be 1-100 letters, digits or ._- starting with a letter or digit"]})
+    users = get_user_model().objects
+    with transaction.atomic():
+        if users.filter(username=username).exists():
+            raise ValidationError({"username": [f"a user named {username!r} already exists"]})
+        user = users.create_user(username=username, is_staff=staff)
+        user.set_unusable_password()  # API users authenticate with tokens; staff can set a password later
+        user.save(update_fields=["password"])
+        Membership.objects.create(user=user, tenant=tenant)
+    return user
+
+
+def token_create(*, username: str, name: str = "") -> tuple[ApiToken, str]:
+    """A new key for the user. Returns the row and the key, which is not stored and cannot be shown again."""
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise ValidationError({"user": [f"no user named {username!r}"]})
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(user=user, name=name, prefix=key[:10], key_hash=hash_key(key))
+    return token, key
+
+
+def token_revoke(*, token_id: int) -> ApiToken:
+    token = ApiToken.objects.get(pk=token_id)
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+    return token
+
+
+def token_authenticate(key: str) -> ApiToken | None:
+    token = (
+        ApiToken.objects.select_related("user", "user__membership")
+        .filter(key_hash=hash_key(key), revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    if token is not None and (token.last_used_at is None or (timezone.now() - token.last_used_at).total_seconds() > 60):
+        # At most one write a minute per token: enough to see unused keys, no write per request.
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    return token
