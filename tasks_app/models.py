@@ -109,6 +109,56 @@ class ConcurrencyLimit(models.Model):
         return f"{self.scope} ≤ {self.max_concurrent}"
 
 
+class OverlapPolicy(models.TextChoices):
+    SKIP = "skip", "skip while the previous instance is unfinished"
+    ALLOW = "allow", "allow overlapping instances"
+    QUEUE = "queue", "queue behind the previous instance"
+
+
+class Schedule(models.Model):
+    """A definition that spawns tasks: a task template, a timing, policies. Beat wakes it up through its
+    PeriodicTask; `next_run_at` (our own arithmetic, `tasks_app.timing`) decides what is due."""
+
+    name = models.CharField(max_length=200)
+    tenant = models.CharField(max_length=100, default="default")
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    cron = models.CharField(max_length=120, blank=True, default="", help_text="5-field cron, in `timezone`.")
+    timezone = models.CharField(max_length=64, default="UTC")
+    interval_seconds = models.PositiveIntegerField(null=True, blank=True)
+    run_at = models.DateTimeField(null=True, blank=True, help_text="One-off: fire once at this time.")
+    overlap_policy = models.CharField(max_length=8, choices=OverlapPolicy.choices, default=OverlapPolicy.SKIP)
+    enabled = models.BooleanField(default=True)
+    # The task template (the same fields and rules as a task).
+    tool = models.CharField(max_length=16, choices=Tool.choices)
+    model = models.CharField(max_length=120, blank=True, default="")
+    prompt = models.TextField()
+    input_files = models.JSONField(default=list, blank=True, help_text='[{"path", "content_base64"}]')
+    output_files = models.JSONField(default=list, blank=True)
+    priority = models.PositiveSmallIntegerField(default=5, validators=[MinValueValidator(1), MaxValueValidator(9)])
+    max_attempts = models.PositiveIntegerField(default=3, validators=[MinValueValidator(1)])
+    timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    worker_group = models.ForeignKey(WorkerGroup, null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="schedules")
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    last_fired_at = models.DateTimeField(null=True, blank=True)
+    periodic_task = models.OneToOneField("django_celery_beat.PeriodicTask", null=True, blank=True,
+                                         on_delete=models.SET_NULL, related_name="+", editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="schedule_tenant_name_unique")]
+        indexes = [models.Index(fields=["enabled", "next_run_at"], name="schedule_due_idx")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def kind(self) -> str:
+        return "cron" if self.cron else "interval" if self.interval_seconds else "once"
+
+
 class Task(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.CharField(max_length=100, default="default")
@@ -140,6 +190,8 @@ class Task(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+    schedule = models.ForeignKey(Schedule, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks",
+                                 help_text="The schedule that spawned it (kept when the schedule is deleted).")
     lease_token = models.UUIDField(null=True, blank=True, editable=False)
     lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     cancel_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -183,6 +235,31 @@ class Task(models.Model):
     @property
     def attempts_left(self) -> int:
         return self.max_attempts - (self.attempt - self.attempt_base)
+
+
+class ScheduleFiring(models.Model):
+    """One firing of a schedule: what was due, and what came of it. Unique per (schedule, fire time): a second
+    beat, a restarted beat or a duplicated message finds the row and creates nothing."""
+
+    class Outcome(models.TextChoices):
+        CREATED = "created", "created a task"
+        SKIPPED = "skipped", "skipped"
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="firings")
+    fire_time = models.DateTimeField()
+    outcome = models.CharField(max_length=8, choices=Outcome.choices)
+    task = models.ForeignKey("Task", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    source = models.CharField(max_length=16, default="beat")
+    reason = models.TextField(blank=True, default="")
+    missed = models.PositiveIntegerField(default=0, help_text="Earlier slots not fired (downtime): never a storm.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-fire_time"]
+        constraints = [models.UniqueConstraint(fields=["schedule", "fire_time"], name="firing_schedule_time_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.schedule_id} @ {self.fire_time:%Y-%m-%d %H:%M:%S} {self.outcome}"
 
 
 class TaskRun(models.Model):

@@ -6,6 +6,7 @@ can name the field and the rule without knowing where the rule lives.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 
@@ -41,6 +42,21 @@ def relative_path(value: object, *, field: str, allow_glob: bool = False) -> str
     if not allow_glob and _GLOB_CHARS & set(normalised):
         raise fail(field, f"{value!r} must be a plain path, not a glob pattern")
     return normalised
+
+
+def json_object(value: object, *, field: str, max_bytes: int = 64 * 1024) -> dict:
+    """A JSON object PostgreSQL's jsonb can hold: no NUL in any string, bounded size."""
+    if not isinstance(value, dict):
+        raise fail(field, "must be a JSON object")
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise fail(field, "must contain only JSON values (no NaN or Infinity)") from None
+    if "\\u0000" in encoded:
+        raise fail(field, "must not contain NUL characters (\\u0000)")
+    if len(encoded.encode()) > max_bytes:
+        raise fail(field, f"must be at most {max_bytes} bytes of JSON")
+    return value
 
 
 def is_glob(pattern: str) -> bool:

@@ -155,8 +155,7 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
         not isinstance(spec.idempotency_key, str) or not 1 <= len(spec.idempotency_key) <= 200
     ):
         errors["idempotency_key"] = ["must be a string of 1 to 200 characters"]
-    if not isinstance(spec.metadata, dict):
-        errors["metadata"] = ["must be a JSON object"]
+    check(lambda: validation.json_object(spec.metadata, field="metadata"))
 
     outputs: list[str] = []
     if not isinstance(spec.output_files, list):

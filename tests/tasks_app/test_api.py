@@ -113,6 +113,8 @@ def test_create_with_text_and_base64_inputs_returns_201_with_detail(alice: APICl
         ({"worker_group": "claude-nope"}, "worker_group"),
         ({"scheduled_at": "next tuesday"}, "scheduled_at"),
         ({"metadata": [1, 2]}, "metadata"),
+        ({"metadata": {"k": "nul\u0000byte"}}, "metadata"),
+        ({"metadata": {"big": "x" * 70_000}}, "metadata"),
         ({"timeout_seconds": 0}, "timeout_seconds"),
         ({"max_attempts": True}, "max_attempts"),
     ],
@@ -188,6 +190,7 @@ def test_list_filters_search_ordering_and_cursor_pagination(alice: APIClient) ->
     assert len(page["results"]) == len(second["results"]) == 2
     assert not {t["id"] for t in page["results"]} & {t["id"] for t in second["results"]}
     assert alice.get("/api/v1/tasks/?status=bogus").status_code == 400
+    assert alice.get("/api/v1/tasks/?priority=99999999999999999999").status_code == 400
     assert alice.get("/api/v1/tasks/?created_after=yesterday").status_code == 400
 
 
