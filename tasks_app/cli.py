@@ -97,6 +97,29 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("pause", "resume"):
         groups.add_parser(name).add_argument("name")
 
+    schedules = sub.add_parser("schedules", help="cron / interval / one-off schedules").add_subparsers(
+        dest="action", required=True, parser_class=_Parser)
+    schedules.add_parser = _with_parents(schedules.add_parser, common)  # type: ignore[method-assign]
+    schedules.add_parser("list")
+    p = schedules.add_parser("add", help="NAME TOOL PROMPT with exactly one of --cron, --every, --at")
+    p.add_argument("name")
+    p.add_argument("tool")
+    p.add_argument("prompt", help="the prompt; '-' reads it from stdin")
+    timing = p.add_mutually_exclusive_group(required=True)
+    timing.add_argument("--cron", help='5-field cron, e.g. "0 9 * * 1-5"')
+    timing.add_argument("--every", type=int, metavar="SECONDS")
+    timing.add_argument("--at", help="one-off: ISO 8601 time, or +30s / +10m / +2h")
+    p.add_argument("--tz", default="UTC", help="IANA timezone of --cron (default UTC)")
+    p.add_argument("--overlap", choices=["skip", "allow", "queue"], default="skip")
+    p.add_argument("--group")
+    p.add_argument("--model", default="")
+    p.add_argument("--priority", type=int, default=5)
+    p.add_argument("--output", action="append", default=[], metavar="PATH")
+    p.add_argument("--timeout", type=int)
+    p.add_argument("--paused", action="store_true", help="create it paused")
+    for name in ("pause", "resume", "trigger", "rm", "get"):
+        schedules.add_parser(name).add_argument("schedule", help="id or name")
+
     users = sub.add_parser("users", help="API users").add_subparsers(dest="action", required=True,
                                                                      parser_class=_Parser)
     users.add_parser = _with_parents(users.add_parser, common)  # type: ignore[method-assign]
@@ -388,6 +411,72 @@ def cmd_groups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schedule_dict(schedule: Any) -> dict[str, Any]:
+    from tasks_app.api.serializers import ScheduleSerializer
+
+    return dict(ScheduleSerializer(schedule).data)
+
+
+def _timing_text(d: dict[str, Any]) -> str:
+    if d["cron"]:
+        return f"cron {d['cron']} ({d['timezone']})"
+    return f"every {d['interval_seconds']} s" if d["interval_seconds"] else f"once at {d['run_at']}"
+
+
+def _find_schedule(args: argparse.Namespace) -> Any:
+    from tasks_app.models import Schedule
+
+    rows = Schedule.objects.filter(tenant=args.tenant)
+    ref = args.schedule
+    schedule = (rows.filter(pk=int(ref)).first() if ref.isdigit() else None) or rows.filter(name=ref).first()
+    if schedule is None:
+        raise CommandError(f"no schedule {ref!r} in tenant {args.tenant!r}", EXIT_NOT_FOUND)
+    return schedule
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    from tasks_app.models import Schedule
+    from tasks_app.services import schedules as svc
+
+    if args.action == "list":
+        data = [_schedule_dict(s) for s in Schedule.objects.filter(tenant=args.tenant).order_by("name")]
+        _print(args, data, lambda rows: _table(
+            ["id", "name", "tool", "timing", "enabled", "overlap", "next run (local)", "last fired"],
+            [[r["id"], r["name"], r["tool"], _timing_text(r), r["enabled"], r["overlap_policy"],
+              (r["next_run_at_local"] or "")[:19], (r["last_fired_at"] or "")[:19]] for r in rows]))
+        return 0
+    if args.action == "add":
+        spec = svc.ScheduleSpec(
+            name=args.name, tool=args.tool, prompt=sys.stdin.read() if args.prompt == "-" else args.prompt,
+            cron=args.cron or "", timezone=args.tz, interval_seconds=args.every,
+            run_at=parse_time(args.at) if args.at else None, overlap_policy=args.overlap, enabled=not args.paused,
+            model=args.model, output_files=args.output, priority=args.priority, timeout_seconds=args.timeout,
+            worker_group=args.group,
+        )
+        schedule = svc.schedule_create(spec=spec, tenant=args.tenant, created_by=args.actor)
+        _print(args, _schedule_dict(schedule), lambda d: print(
+            f"schedule {d['id']} {d['name']!r}: {_timing_text(d)}, next run {d['next_run_at_local']}"))
+        return 0
+    schedule = _find_schedule(args)
+    if args.action == "get":
+        _print(args, _schedule_dict(schedule), lambda d: print(json.dumps(d, indent=2, default=str)))
+    elif args.action in ("pause", "resume"):
+        schedule = svc.schedule_set_enabled(schedule_id=schedule.pk, enabled=args.action == "resume")
+        _print(args, _schedule_dict(schedule), lambda d: print(
+            f"schedule {d['id']} {'resumed' if d['enabled'] else 'paused'}; next run {d['next_run_at_local']}"))
+    elif args.action == "trigger":
+        from tasks_app.presenters import task_dict
+
+        firing = svc.schedule_fire(schedule_id=schedule.pk, source="trigger", actor=args.actor)
+        if firing is None or firing.task is None:
+            raise CommandError("this instant was already fired; try again", EXIT_NOT_FOUND)
+        _print(args, task_dict(firing.task), lambda d: print(f"fired: task {d['id']}"))
+    else:
+        svc.schedule_delete(schedule_id=schedule.pk)
+        _print(args, {"id": schedule.pk, "deleted": True}, lambda d: print(f"schedule {d['id']} deleted"))
+    return 0
+
+
 def cmd_users(args: argparse.Namespace) -> int:
     from tasks_app.services.accounts import user_create
 
@@ -432,6 +521,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 COMMANDS = {
     "enqueue": cmd_enqueue, "list": cmd_list, "get": cmd_get, "cancel": cmd_cancel, "retry": cmd_retry,
     "logs": cmd_logs, "files": cmd_files, "groups": cmd_groups, "users": cmd_users, "tokens": cmd_tokens,
+    "schedules": cmd_schedules,
 }
 
 

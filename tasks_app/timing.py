@@ -64,13 +64,5 @@ def next_cron(expression: str, tz_name: str, after: datetime) -> datetime:
     return next(cron_times(expression, tz_name, after))
 
 
-def next_interval(anchor: datetime, seconds: int, after: datetime) -> datetime:
-    """The first `anchor + k·seconds` strictly after `after` (k ≥ 0)."""
-    if after < anchor:
-        return anchor
-    steps = int((after - anchor).total_seconds() // seconds) + 1
-    return anchor + timedelta(seconds=steps * seconds)
-
-
 def local(value: datetime | None, tz_name: str) -> datetime | None:
     return value.astimezone(zone(tz_name)) if value is not None else None

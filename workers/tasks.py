@@ -66,6 +66,14 @@ def dispatch_task() -> int:
     return len(dispatch_runnable())
 
 
+@shared_task(name="workers.fire_schedule", ignore_result=True)
+def fire_schedule_task(schedule_id: int) -> None:
+    """Beat's wake-up for one schedule: fires it if (and only if) a slot is due."""
+    from tasks_app.services.schedules import schedule_fire
+
+    schedule_fire(schedule_id=schedule_id, source="beat")
+
+
 @shared_task(name="workers.tick", ignore_result=True)
 def tick_task() -> None:
     """Periodic safety net: recover expired leases, dispatch, prune the embedded broker's processed files."""

@@ -13,7 +13,8 @@ class TaskFilter(django_filters.FilterSet):
     created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
     search = django_filters.CharFilter(field_name="prompt", lookup_expr="icontains", max_length=200)
+    schedule = django_filters.NumberFilter(field_name="schedule_id", min_value=1, max_value=2**62)
 
     class Meta:
         model = Task
-        fields = ["status", "tool", "worker_group", "priority", "created_after", "created_before", "search"]
+        fields = ["status", "tool", "worker_group", "priority", "created_after", "created_before", "search", "schedule"]

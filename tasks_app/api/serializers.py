@@ -8,7 +8,8 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from tasks_app.models import Task, TaskEvent, TaskFile, TaskRun, Tool, WorkerGroup
+from tasks_app import timing
+from tasks_app.models import OverlapPolicy, Schedule, Task, TaskEvent, TaskFile, TaskRun, Tool, WorkerGroup
 from tasks_app.services.tasks import TaskSpec, input_file_from_payload
 
 
@@ -146,3 +147,63 @@ class WorkerGroupSerializer(serializers.ModelSerializer):
 class WorkerGroupUpdateSerializer(WorkerGroupSerializer):
     class Meta(WorkerGroupSerializer.Meta):
         read_only_fields = ["name", "tool", "account", "rate_limited_until", "created_at", "updated_at"]
+
+
+class ScheduleWriteSerializer(serializers.Serializer):
+    """Exactly one timing (cron + timezone, interval_seconds, or run_at) and the task template as flat fields."""
+
+    name = StrictCharField(max_length=200)
+    cron = StrictCharField(required=False, allow_blank=True, max_length=120)
+    timezone = StrictCharField(required=False, max_length=64)
+    interval_seconds = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=31622400)
+    run_at = serializers.DateTimeField(required=False, allow_null=True)
+    overlap_policy = serializers.ChoiceField(choices=OverlapPolicy.choices, required=False)
+    enabled = serializers.BooleanField(required=False)
+    tool = serializers.ChoiceField(choices=Tool.choices)
+    prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
+    model = StrictCharField(required=False, allow_blank=True, max_length=120)
+    input_files = InputFileSerializer(many=True, required=False)
+    output_files = serializers.ListField(child=StrictCharField(trim_whitespace=False, allow_blank=True,
+                                                               max_length=1024), required=False, max_length=1000)
+    priority = serializers.IntegerField(required=False, min_value=1, max_value=9)
+    max_attempts = serializers.IntegerField(required=False, min_value=1, max_value=20)
+    timeout_seconds = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    worker_group = StrictCharField(required=False, allow_null=True, max_length=100)
+
+    def changes(self) -> dict[str, Any]:
+        """The validated fields as ScheduleSpec keyword arguments (input files decoded)."""
+        data = dict(self.validated_data)
+        if "input_files" in data:
+            try:
+                data["input_files"] = [input_file_from_payload(dict(item), index=i)
+                                       for i, item in enumerate(data["input_files"])]
+            except DjangoValidationError as exc:
+                raise serializers.ValidationError(exc.message_dict) from None
+        if data.get("cron") is None:
+            data.pop("cron", None)
+        return data
+
+
+class ScheduleSerializer(serializers.ModelSerializer):
+    worker_group = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    input_files = serializers.SerializerMethodField()
+    next_run_at_local = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Schedule
+        fields = [
+            "id", "name", "tenant", "created_by", "cron", "timezone", "interval_seconds", "run_at", "overlap_policy",
+            "enabled", "tool", "model", "prompt", "input_files", "output_files", "priority", "max_attempts",
+            "timeout_seconds", "worker_group", "next_run_at", "next_run_at_local", "last_fired_at", "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_input_files(self, schedule: Schedule) -> list[str]:
+        return [item["path"] for item in schedule.input_files]
+
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_next_run_at_local(self, schedule: Schedule) -> str | None:
+        value = timing.local(schedule.next_run_at, schedule.timezone)
+        return value.isoformat() if value is not None else None

@@ -22,6 +22,8 @@ from rest_framework.response import Response
 
 from tasks_app.api.filters import TaskFilter
 from tasks_app.api.serializers import (
+    ScheduleSerializer,
+    ScheduleWriteSerializer,
     TaskCreateSerializer,
     TaskDetailSerializer,
     TaskEventSerializer,
@@ -31,10 +33,18 @@ from tasks_app.api.serializers import (
     WorkerGroupSerializer,
     WorkerGroupUpdateSerializer,
 )
-from tasks_app.models import EventSource, Task, TaskStatus
+from tasks_app.models import EventSource, Schedule, Task, TaskStatus
 from tasks_app.selectors import group_list
 from tasks_app.services.accounts import user_tenant
 from tasks_app.services.groups import group_create, group_pause, group_resume, group_update
+from tasks_app.services.schedules import (
+    ScheduleSpec,
+    schedule_create,
+    schedule_delete,
+    schedule_fire,
+    schedule_set_enabled,
+    schedule_update,
+)
 from tasks_app.services.tasks import task_cancel, task_create, task_retry
 
 
@@ -141,6 +151,66 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
             return response
         return FileResponse(item.file.open("rb"), as_attachment=True, filename=filename,
                             content_type=item.content_type)
+
+
+class ScheduleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Schedules of the caller's tenant (staff: all). Exactly one timing: cron + timezone, interval, or run_at."""
+
+    serializer_class = ScheduleSerializer
+    pagination_class = None
+    lookup_value_regex = "[0-9]{1,18}"
+
+    def get_queryset(self) -> QuerySet[Schedule]:
+        queryset = Schedule.objects.select_related("worker_group").order_by("name")
+        scope = tenant_scope(self.request)
+        return queryset if scope is None else queryset.filter(tenant=scope)
+
+    @extend_schema(request=ScheduleWriteSerializer, responses={201: ScheduleSerializer})
+    def create(self, request: Request) -> Response:
+        serializer = ScheduleWriteSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        schedule = schedule_create(spec=ScheduleSpec(**serializer.changes()), tenant=user_tenant(request.user),
+                                   created_by=request.user.get_username())
+        return Response(ScheduleSerializer(schedule).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=ScheduleWriteSerializer, responses=ScheduleSerializer)
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        schedule = self.get_object()
+        serializer = ScheduleWriteSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        schedule = schedule_update(schedule_id=schedule.pk, changes=serializer.changes())
+        return Response(ScheduleSerializer(schedule).data)
+
+    @extend_schema(responses={204: None}, description="Delete the definition; the tasks it spawned stay.")
+    def destroy(self, request: Request, pk: str | None = None) -> Response:
+        schedule_delete(schedule_id=self.get_object().pk)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=None, responses=ScheduleSerializer)
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str | None = None) -> Response:
+        return Response(ScheduleSerializer(schedule_set_enabled(schedule_id=self.get_object().pk, enabled=False)).data)
+
+    @extend_schema(request=None, responses=ScheduleSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str | None = None) -> Response:
+        return Response(ScheduleSerializer(schedule_set_enabled(schedule_id=self.get_object().pk, enabled=True)).data)
+
+    @extend_schema(request=None, responses={201: TaskDetailSerializer},
+                   description="Fire once now (also when paused); the timing is unchanged.")
+    @action(detail=True, methods=["post"])
+    def trigger(self, request: Request, pk: str | None = None) -> Response:
+        firing = schedule_fire(schedule_id=self.get_object().pk, source="trigger", actor=request.user.get_username())
+        if firing is None or firing.task is None:
+            return Response({"detail": "this instant was already fired; try again"}, status=status.HTTP_409_CONFLICT)
+        return Response(TaskDetailSerializer(firing.task).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses=TaskSerializer(many=True), description="The tasks it spawned, newest first.")
+    @action(detail=True, methods=["get"], pagination_class=TaskCursorPagination)
+    def tasks(self, request: Request, pk: str | None = None) -> Response:
+        queryset = Task.objects.filter(schedule=self.get_object()).select_related("worker_group")
+        page = self.paginate_queryset(queryset.order_by("-created_at"))
+        return self.get_paginated_response(TaskSerializer(page, many=True).data)
 
 
 class WorkerGroupViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

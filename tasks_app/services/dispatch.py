@@ -36,7 +36,15 @@ from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from tasks_app.models import ACTIVE_STATUSES, ConcurrencyLimit, EventSource, Task, TaskStatus, WorkerGroup
+from tasks_app.models import (
+    ACTIVE_STATUSES,
+    ConcurrencyLimit,
+    EventSource,
+    OverlapPolicy,
+    Task,
+    TaskStatus,
+    WorkerGroup,
+)
 from tasks_app.services.tasks import TaskStateError, task_transition
 
 logger = logging.getLogger(__name__)
@@ -90,8 +98,9 @@ def candidates(tool: str, wanted: int, now: datetime) -> list[Task]:
             Task.objects.filter(status=TaskStatus.QUEUED, tool=tool, tenant=tenant)
             .filter(runnable_filter(now))
             .order_by("-priority", "created_at")
+            .select_related("schedule")
             .only("id", "tenant", "priority", "created_at", "model", "tool", "worker_group_id",
-                  "worker_group_pinned")[: wanted + SLACK_PER_TENANT]
+                  "worker_group_pinned", "schedule__overlap_policy")[: wanted + SLACK_PER_TENANT]
         )
         turn: Counter[int] = Counter()
         for task in rows:
@@ -140,6 +149,11 @@ def dispatch_runnable(*, now: datetime | None = None) -> list[Lease]:
         for group in groups:
             by_tool.setdefault(group.tool, []).append(group)
 
+        # Schedules with overlap policy "queue" run one instance at a time: later ones wait their turn here.
+        busy_schedules = set(
+            Task.objects.filter(status__in=ACTIVE_STATUSES, schedule__overlap_policy=OverlapPolicy.QUEUE)
+            .values_list("schedule_id", flat=True)
+        )
         lease_until = now + timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS)
         for tool, tool_groups in sorted(by_tool.items()):
             capacity = sum(max(free[g.pk], 0) for g in tool_groups)
@@ -148,6 +162,8 @@ def dispatch_runnable(*, now: datetime | None = None) -> list[Lease]:
             for task in candidates(tool, capacity, now):
                 if capacity <= 0:
                     break
+                if task.schedule_id is not None and task.schedule_id in busy_schedules:
+                    continue
                 group = _choose_group(task, tool_groups, free)
                 if group is None:
                     continue
@@ -165,6 +181,8 @@ def dispatch_runnable(*, now: datetime | None = None) -> list[Lease]:
                 except TaskStateError:
                     continue  # canceled (or otherwise moved) since it was read
                 free[group.pk] -= 1
+                if task.schedule_id is not None and task.schedule.overlap_policy == OverlapPolicy.QUEUE:
+                    busy_schedules.add(task.schedule_id)
                 capacity -= 1
                 for s in scopes:
                     usage[s] += 1

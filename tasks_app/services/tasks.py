@@ -225,7 +225,8 @@ def _plain_token(value: str) -> bool:
 
 
 def task_create(
-    *, spec: TaskSpec, tenant: str = "default", created_by: str = "", source: str, reason: str = ""
+    *, spec: TaskSpec, tenant: str = "default", created_by: str = "", source: str, reason: str = "",
+    schedule: Any = None,
 ) -> tuple[Task, bool]:
     """Validate and create a queued task with its input files and first event.
 
@@ -260,6 +261,7 @@ def task_create(
                 idempotency_key=spec.idempotency_key,
                 request_fingerprint=fingerprint,
                 metadata=spec.metadata,
+                schedule=schedule,
             )
             for row in file_rows:
                 row.task = task

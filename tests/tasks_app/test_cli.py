@@ -152,3 +152,44 @@ def test_pause_works_even_when_the_groups_settings_no_longer_validate(settings, 
     assert WorkerGroup.objects.get(name="claude-x").enabled is False
     assert run(["groups", "resume", "claude-x"]) == 0
     assert WorkerGroup.objects.get(name="claude-x").enabled is True
+
+
+def test_schedules_add_list_pause_trigger_rm(capsys) -> None:
+    assert run(["schedules", "add", "standup", "codex", "summarise", "--cron", "0 17 * * 1-5", "--tz",
+                "Asia/Shanghai", "--output", "summary.md", "--overlap", "queue", "--json"]) == 0
+    created = _json(capsys)
+    assert (created["cron"], created["timezone"], created["overlap_policy"]) == ("0 17 * * 1-5", "Asia/Shanghai",
+                                                                                 "queue")
+    assert created["next_run_at_local"].endswith("T17:00:00+08:00")
+    assert run(["schedules", "pause", "standup", "--json"]) == 0
+    assert _json(capsys)["enabled"] is False
+    assert run(["schedules", "trigger", str(created["id"]), "--json"]) == 0
+    fired = _json(capsys)
+    assert Task.objects.get(pk=fired["id"]).schedule_id == created["id"]
+    assert run(["schedules", "list", "--json"]) == 0
+    assert [s["name"] for s in _json(capsys)] == ["standup"]
+    assert run(["schedules", "rm", "standup"]) == 0
+    assert Task.objects.count() == 1  # the spawned task stays
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["schedules", "add", "x", "codex", "p", "--cron", "0 25 * * *"], "cron: '0 25 * * *' is not a 5-field"),
+        (["schedules", "add", "x", "codex", "p", "--cron", "0 9 * * *", "--tz", "Mars/Base"], "timezone:"),
+        (["schedules", "add", "x", "codex", "p", "--every", "0"], "interval_seconds: must be"),
+        (["schedules", "add", "x", "codex", "p", "--at", "2001-01-01T00:00:00Z"], "run_at: 2001-01-01"),
+        (["schedules", "add", "x", "codex", "p"], "one of the arguments --cron --every --at is required"),
+        (["schedules", "add", "x", "codex", "p", "--every", "5", "--cron", "* * * * *"], "not allowed with"),
+        (["schedules", "add", "x", "codex", "", "--every", "5"], "prompt: must be a non-empty string"),
+        (["schedules", "pause", "nope"], "no schedule 'nope'"),
+    ],
+)
+def test_bad_schedule_input_exits_non_zero_and_writes_nothing(argv, message, capsys) -> None:
+    from django_celery_beat.models import PeriodicTask
+
+    from tasks_app.models import Schedule
+
+    assert run(argv) in (1, 2)
+    assert message in capsys.readouterr().err
+    assert Schedule.objects.count() == 0 and not PeriodicTask.objects.filter(task="workers.fire_schedule").exists()
