@@ -1,5 +1,6 @@
-"""Admin forms. A WorkerGroup is saved only through `group_create` / `group_update`, so the admin applies
-exactly the rules the API and schedulerctl apply; credentials are write-only key/value edits."""
+"""Admin forms. A WorkerGroup is saved only through `group_create` / `group_update`, and a Schedule only through
+`schedule_create` / `schedule_update`, so the admin applies exactly the rules the API and schedulerctl apply;
+credentials are write-only key/value edits."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ import re
 from typing import Any
 
 from django import forms
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.utils import timezone
 
+from tasks_app import timing
 from tasks_app.crypto import CredentialsUnreadable
-from tasks_app.models import ConcurrencyLimit, Tool, WorkerGroup
+from tasks_app.models import ConcurrencyLimit, Schedule, Tool, WorkerGroup
 from tasks_app.services.groups import group_create, group_update
+from tasks_app.services.schedules import ScheduleSpec, schedule_create, schedule_update
 
 # Service error keys that have no form field of their own land on the field that carries them.
 _SERVICE_FIELD_ALIASES = {"credentials": "credentials_set"}
 _SCOPE = re.compile(r"^(tool|model):(\S+)$")
+# "output_files[2]" or "input_files[0].path": an item of a list field; the error belongs to the list's field.
+_ITEM_KEY = re.compile(r"^(\w+)\[(\d+)\]")
 
 
 class SecretTextarea(forms.Textarea):
@@ -159,3 +165,148 @@ class ConcurrencyLimitForm(forms.ModelForm):
             known = ", ".join(Tool.values)
             raise ValidationError(f"{match.group(2)!r} is not a known tool; choose one of {known}")
         return scope
+
+
+class LinesField(forms.Field):
+    """A list of strings edited as one per line; blank lines are dropped. Compared as a list, so an untouched
+    textarea does not count as a change."""
+
+    widget = forms.Textarea(attrs={"rows": 3, "cols": 60, "spellcheck": "false"})
+
+    def prepare_value(self, value: Any) -> Any:
+        return "\n".join(str(item) for item in value) if isinstance(value, list) else value
+
+    def to_python(self, value: Any) -> list[str]:
+        if isinstance(value, list):
+            return value
+        return [line.strip() for line in str(value or "").splitlines() if line.strip()]
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        return self.to_python(initial) != self.to_python(data)
+
+
+class ScheduleForm(forms.ModelForm):
+    """Like WorkerGroupForm, validation *is* the save: `_post_clean` calls schedule_create / schedule_update and
+    maps their ValidationError onto the fields. A one-off `run_at` is entered and shown as wall-clock time in the
+    schedule's own timezone, the zone its cron is read in."""
+
+    # Set by ScheduleAdmin.get_form: the operator recorded as the schedule's creator.
+    created_by = ""
+
+    output_files = LinesField(
+        required=False,
+        help_text="Relative paths or glob patterns to collect after each run, one per line.",
+    )
+
+    class Meta:
+        model = Schedule
+        fields = ["name", "tenant", "enabled", "cron", "timezone", "interval_seconds", "run_at", "tool", "model",
+                  "prompt", "output_files", "priority", "max_attempts", "timeout_seconds", "worker_group",
+                  "overlap_policy"]
+        help_texts = {
+            "cron": "5-field cron (minute hour day month weekday), read in the timezone below, e.g. 0 9 * * 1-5.",
+            "timezone": "IANA name, e.g. Europe/Berlin. Cron and a one-off time are read in this zone.",
+            "interval_seconds": "Every N seconds, counted from the last firing.",
+            "run_at": "One-off: fire once at this wall-clock time in the schedule's timezone.",
+            "timeout_seconds": "Empty: the server's default.",
+            "worker_group": "Optional: pin the spawned tasks to this group (of the same tool).",
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.saved_schedule: Schedule | None = None
+        if self.instance.pk is not None and self.instance.run_at is not None and "run_at" in self.fields:
+            try:
+                wall_clock = timing.local(self.instance.run_at, self.instance.timezone)
+            except timing.TimingError:
+                wall_clock = None
+            if wall_clock is not None:
+                self.initial["run_at"] = wall_clock.replace(tzinfo=None)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        run_at, zone_name = cleaned.get("run_at"), cleaned.get("timezone") or "UTC"
+        if run_at is not None:
+            # The widget read the wall-clock time in the server's zone; re-read it in the schedule's zone. A bad
+            # zone is left for the service to name on the timezone field.
+            try:
+                zone = timing.zone(zone_name)
+            except timing.TimingError:
+                zone = None
+            if zone is not None:
+                cleaned["run_at"] = timezone.make_naive(run_at).replace(tzinfo=zone)
+        return cleaned
+
+    def _post_clean(self) -> None:
+        # Replaces ModelForm's instance construction and model validation: the service owns both.
+        if self._errors:
+            return
+        try:
+            self.saved_schedule = self._save_through_service()
+        except ValidationError as exc:
+            self._add_service_errors(exc)
+        else:
+            self.instance = self.saved_schedule
+
+    def _values(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        group = data.get("worker_group")
+        return {
+            "name": data["name"],
+            "enabled": data["enabled"],
+            "cron": data.get("cron") or "",
+            "timezone": data.get("timezone") or "UTC",
+            "interval_seconds": data.get("interval_seconds"),
+            "run_at": data.get("run_at"),
+            "tool": data["tool"],
+            "model": data.get("model") or "",
+            "prompt": data["prompt"],
+            "output_files": data.get("output_files") or [],
+            "priority": data["priority"],
+            "max_attempts": data["max_attempts"],
+            "timeout_seconds": data.get("timeout_seconds"),
+            "worker_group": group.name if group is not None else None,
+            "overlap_policy": data["overlap_policy"],
+        }
+
+    def _save_through_service(self) -> Schedule:
+        values = self._values()
+        if self.instance.pk is None:
+            return schedule_create(spec=ScheduleSpec(**values), tenant=self.cleaned_data["tenant"],
+                                   created_by=self.created_by)
+        # Only what the operator changed, so a pause or trigger elsewhere is not overwritten. The timing goes as a
+        # whole: the service replaces it, so a cron left filled next to a new interval is refused, not dropped;
+        # and a new timezone moves a one-off's wall-clock time with it.
+        changed = set(self.changed_data)
+        timing_fields = {"cron", "timezone", "interval_seconds", "run_at"}
+        if changed & timing_fields:
+            changed |= timing_fields
+        changes = {name: value for name, value in values.items() if name in changed}
+        if not changes:
+            return self.instance
+        return schedule_update(schedule_id=self.instance.pk, changes=changes)
+
+    def _add_service_errors(self, exc: ValidationError) -> None:
+        if not hasattr(exc, "error_dict"):
+            self.add_error(None, exc.messages)
+            return
+        for name, messages in exc.message_dict.items():
+            item = _ITEM_KEY.match(name)
+            field = item.group(1) if item else name
+            if field not in self.fields:
+                # "timing" spans three fields; anything else unknown keeps its key so the message stays clear.
+                keep_key = name not in ("timing", NON_FIELD_ERRORS)
+                self.add_error(None, [f"{name}: {message}" if keep_key else message for message in messages])
+            elif item and isinstance(self.fields[field], LinesField):
+                line = int(item.group(2)) + 1
+                self.add_error(field, [f"line {line}: {message}" for message in messages])
+            else:
+                self.add_error(field, messages)
+
+    def save(self, commit: bool = True) -> Schedule:
+        if self.saved_schedule is None:
+            raise ValueError("the form is not valid, so nothing was saved")
+        return self.saved_schedule
+
+    def save_m2m(self) -> None:
+        """Nothing to do: the service saved everything; the admin calls this after `save()`."""
