@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("logs", "stdout/stderr of the latest run")):
         p = sub.add_parser(name, help=text)
         p.add_argument("id")
+    p.add_argument("--follow", "-f", action="store_true", help="stream new output until the task ends")
+    p.add_argument("--max-seconds", type=float, default=24 * 3600, help=argparse.SUPPRESS)
     p = sub.add_parser("files", help="a task's input and output files")
     p.add_argument("id")
     p.add_argument("--download", metavar="DIR")
@@ -328,12 +330,32 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    from tasks_app import logstream
     from tasks_app.presenters import run_dict
 
-    run = _find_task(args).runs.order_by("-attempt").first()
+    task = _find_task(args)
+    if args.follow:
+        for event in logstream.follow(task.pk, max_seconds=args.max_seconds):
+            if args.json:
+                print(json.dumps({"event": event.kind, "data": event.data, "seq": event.seq}), flush=True)
+            elif event.kind in ("stdout", "stderr"):
+                stream = sys.stdout if event.kind == "stdout" else sys.stderr
+                stream.write(event.data)
+                stream.flush()
+            elif event.kind == "attempt":
+                print(f"--- attempt {event.data} ---", file=sys.stderr, flush=True)
+            else:
+                print(f"--- task {event.data}{' (stopped following)' if event.kind == 'timeout' else ''} ---",
+                      file=sys.stderr, flush=True)
+        return 0
+    run = task.runs.order_by("-attempt").first()
     if run is None:
         raise CommandError(f"task {args.id} has not run yet", EXIT_NOT_FOUND)
     data = run_dict(run, with_output=True)
+    if run.finished_at is None:  # still running: what it has printed so far
+        chunks = logstream.chunks_after(run.pk, 0, limit=100_000)
+        data["stdout"] = "".join(c.data for c in chunks if c.stream == "stdout")
+        data["stderr"] = "".join(c.data for c in chunks if c.stream == "stderr")
 
     def render(d: dict[str, Any]) -> None:
         sys.stdout.write(d["stdout"])

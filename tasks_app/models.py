@@ -301,6 +301,25 @@ class TaskRun(models.Model):
         return f"run {self.attempt} of {self.task_id} ({self.status})"
 
 
+class TaskLogChunk(models.Model):
+    """Live output of a running attempt, flushed every second or so by the worker; bounded per run
+    (SCHEDULER_LIVE_LOG_BYTES) and pruned after SCHEDULER_LIVE_LOG_RETENTION_HOURS. The finished TaskRun keeps
+    its own (head + tail) copy."""
+
+    run = models.ForeignKey(TaskRun, on_delete=models.CASCADE, related_name="log_chunks")
+    seq = models.PositiveIntegerField()
+    stream = models.CharField(max_length=6, choices=[("stdout", "stdout"), ("stderr", "stderr")])
+    data = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["run", "seq"]
+        constraints = [models.UniqueConstraint(fields=["run", "seq"], name="tasklogchunk_run_seq_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.stream} #{self.seq} of run {self.run_id}"
+
+
 class TaskFile(models.Model):
     class Direction(models.TextChoices):
         INPUT = "input", "input"

@@ -48,4 +48,5 @@ def execution_spec(ctx: RunContext) -> ExecutionSpec:
         keep_work_dir=settings.SCHEDULER_KEEP_WORK_DIRS,
         heartbeat_interval=settings.SCHEDULER_CANCEL_POLL_SECONDS,
         secrets=tuple(v for v in ctx.credentials.values() if v),
+        live_output_bytes=settings.SCHEDULER_LIVE_LOG_BYTES,
     )

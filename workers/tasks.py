@@ -13,7 +13,15 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from tasks_app.services.dispatch import Lease, dispatch_runnable
-from tasks_app.services.runs import leases_reconcile, run_check, run_finish, run_heartbeat, run_start
+from tasks_app.services.runs import (
+    leases_reconcile,
+    run_check,
+    run_finish,
+    run_heartbeat,
+    run_log_append,
+    run_logs_prune,
+    run_start,
+)
 from workers.executors import ConfigurationError, Control, ExecutionResult, execute
 from workers.spec import execution_spec
 
@@ -49,8 +57,14 @@ def execute_run_task(self, task_id: str, lease_token: str) -> None:
                 return run_heartbeat(task_id=ctx.task_id, lease_token=ctx.lease_token)
             return run_check(task_id=ctx.task_id, lease_token=ctx.lease_token)
 
+        next_seq = 0
+
+        def on_output(chunks: list[tuple[str, str]]) -> None:
+            nonlocal next_seq
+            next_seq = run_log_append(run_id=ctx.run_id, chunks=chunks, first_seq=next_seq)
+
         close_old_connections()  # hold no idle DB connection state across a long CLI run
-        result = execute(spec, heartbeat=heartbeat)
+        result = execute(spec, heartbeat=heartbeat, on_output=on_output)
     if run_finish(run_id=ctx.run_id, lease_token=ctx.lease_token, result=result, worker=worker) is not None:
         # Refill the freed slot now, from here: a round trip through the control queue would leave the slot
         # idle for tens of milliseconds per job. The dispatch lock keeps every cap exact wherever it runs.
@@ -80,6 +94,7 @@ def tick_task() -> None:
     leases_reconcile()
     dispatch_runnable()
     prune_processed_messages()
+    run_logs_prune()
 
 
 @worker_ready.connect

@@ -92,6 +92,26 @@ class TaskFileSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class LogQuerySerializer(serializers.Serializer):
+    follow = serializers.BooleanField(required=False, default=False)
+    after = serializers.IntegerField(required=False, default=0, min_value=0, max_value=2**31 - 1)
+
+
+class TaskLogChunkSerializer(serializers.Serializer):
+    seq = serializers.IntegerField()
+    stream = serializers.CharField()
+    data = serializers.CharField()
+
+
+class TaskLogSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(allow_null=True)
+    finished = serializers.BooleanField()
+    chunks = TaskLogChunkSerializer(many=True)
+    next_after = serializers.IntegerField()
+    stdout = serializers.CharField(allow_blank=True)
+    stderr = serializers.CharField(allow_blank=True)
+
+
 class TaskSerializer(serializers.ModelSerializer):
     worker_group = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
 

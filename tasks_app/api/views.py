@@ -5,13 +5,14 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+from django.conf import settings
 from django.db.models import QuerySet
-from django.http import FileResponse, HttpResponse
+from django.http import FileResponse, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.filters import OrderingFilter
@@ -20,14 +21,17 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from tasks_app import logstream
 from tasks_app.api.filters import TaskFilter
 from tasks_app.api.serializers import (
+    LogQuerySerializer,
     ScheduleSerializer,
     ScheduleWriteSerializer,
     TaskCreateSerializer,
     TaskDetailSerializer,
     TaskEventSerializer,
     TaskFileSerializer,
+    TaskLogSerializer,
     TaskRunSerializer,
     TaskSerializer,
     WorkerGroupSerializer,
@@ -137,6 +141,41 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     def files(self, request: Request, pk: str | None = None) -> Response:
         files = self.get_object().files.select_related("run").order_by("direction", "path", "id")
         return Response(TaskFileSerializer(files, many=True).data)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("follow", bool, description="Stream as server-sent events until the task ends."),
+            OpenApiParameter("after", int, description="Resume after this sequence number (SSE Last-Event-ID)."),
+        ],
+        responses={(200, "application/json"): TaskLogSerializer, (200, "text/event-stream"): OpenApiTypes.STR},
+        description="Live output of the latest attempt. `follow=1` streams it (SSE events stdout, stderr, attempt, "
+                    "end); otherwise the chunks so far, and the stored copies once the attempt has finished.",
+    )
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    def logs(self, request: Request, pk: str | None = None) -> HttpResponseBase:
+        task = self.get_object()
+        params = LogQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        after = params.validated_data["after"]
+        last_event_id = request.headers.get("Last-Event-ID", "")
+        if last_event_id.isdigit():
+            after = int(last_event_id) + 1
+        if params.validated_data["follow"]:
+            events = logstream.follow(task.pk, after=after, max_seconds=settings.SCHEDULER_SSE_MAX_SECONDS)
+            response = StreamingHttpResponse(logstream.sse(events), content_type="text/event-stream")
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"  # let nginx pass events through as they come
+            return response
+        run = task.runs.order_by("-attempt").first()
+        chunks = logstream.chunks_after(run.pk, after, limit=10_000) if run else []
+        return Response(TaskLogSerializer({
+            "attempt": run.attempt if run else None,
+            "finished": bool(run and run.finished_at),
+            "chunks": chunks,
+            "next_after": chunks[-1].seq + 1 if chunks else after,
+            "stdout": run.stdout if run and run.finished_at else "",
+            "stderr": run.stderr if run and run.finished_at else "",
+        }).data)
 
     @extend_schema(responses={(200, "*/*"): OpenApiTypes.BINARY},
                    description="Raw bytes, with the file's Content-Type and an attachment Content-Disposition.")

@@ -25,6 +25,7 @@ from tasks_app.models import (
     FailureKind,
     Task,
     TaskFile,
+    TaskLogChunk,
     TaskRun,
     TaskStatus,
     WorkerGroup,
@@ -101,6 +102,21 @@ def run_heartbeat(*, task_id: Any, lease_token: Any) -> Control:
         return Control.LEASE_LOST
     canceled = Task.objects.filter(pk=task_id, cancel_requested_at__isnull=False).exists()
     return Control.CANCEL if canceled else Control.CONTINUE
+
+
+def run_log_append(*, run_id: int, chunks: list[tuple[str, str]], first_seq: int) -> int:
+    """Store live output chunks of a running attempt; returns the next sequence number."""
+    rows = [TaskLogChunk(run_id=run_id, seq=first_seq + i, stream=stream, data=text)
+            for i, (stream, text) in enumerate(chunks) if text]
+    TaskLogChunk.objects.bulk_create(rows)
+    return first_seq + len(rows)
+
+
+def run_logs_prune(*, now: datetime | None = None) -> int:
+    """Drop live chunks of runs that finished long ago (their TaskRun keeps the truncated copy)."""
+    cutoff = (now or timezone.now()) - timedelta(hours=settings.SCHEDULER_LIVE_LOG_RETENTION_HOURS)
+    deleted, _ = TaskLogChunk.objects.filter(run__finished_at__lt=cutoff).delete()
+    return deleted
 
 
 def run_check(*, task_id: Any, lease_token: Any) -> Control:

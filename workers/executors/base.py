@@ -17,6 +17,7 @@ class Control(Enum):
 
 
 Heartbeat = Callable[[], Control]
+OutputSink = Callable[[list[tuple[str, str]]], None]  # [(stream, text)], called from the executor's wait loop
 
 
 class ConfigurationError(Exception):
@@ -40,6 +41,7 @@ class ExecutionSpec:
     keep_work_dir: bool = False
     heartbeat_interval: float = 5.0
     secrets: tuple[str, ...] = ()  # values scrubbed from anything recorded (stdout, stderr, messages)
+    live_output_bytes: int = 0  # how much output may be streamed live through `on_output` (0: none)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import collections
 import contextlib
 import logging
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from workers.executors.adapters import Adapter, adapter_for
-from workers.executors.base import Control, ExecutionResult, ExecutionSpec, Heartbeat
+from workers.executors.base import Control, ExecutionResult, ExecutionSpec, Heartbeat, OutputSink
 from workers.executors.confinement import ConfinementError, collect_outputs, write_input
 
 logger = logging.getLogger(__name__)
@@ -62,10 +63,52 @@ class BoundedBuffer:
         return bytes(self.head) + tail
 
 
-def _drain(stream: IO[bytes], buffer: BoundedBuffer) -> None:
+class LiveOutput:
+    """Output on its way to live viewers: at most `limit` bytes per run in all, decoded incrementally (a UTF-8
+    character split between reads stays whole) and scrubbed of secrets, holding back a short tail so a secret
+    split across two flushes is still caught."""
+
+    def __init__(self, limit: int, secrets: tuple[str, ...]) -> None:
+        self.limit = limit
+        self.accepted = 0
+        self.secrets = tuple(s for s in secrets if s)
+        self.hold = max((len(s.encode()) for s in self.secrets), default=1) - 1
+        self.pending: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        self.decoders = {name: codecs.getincrementaldecoder("utf-8")(errors="replace") for name in self.pending}
+        self.lock = threading.Lock()
+
+    def feed(self, stream: str, chunk: bytes) -> None:
+        with self.lock:
+            room = self.limit - self.accepted
+            if room <= 0:
+                return
+            piece = chunk[:room]
+            self.accepted += len(piece)
+            self.pending[stream] += piece
+
+    def drain(self, *, final: bool = False) -> list[tuple[str, str]]:
+        out = []
+        with self.lock:
+            for stream, data in self.pending.items():
+                # Scrub the whole pending buffer *before* cutting: a complete secret is gone wherever the cut
+                # falls, and a secret's beginning at the end stays in the held-back tail (hold = len - 1).
+                for secret in self.secrets:
+                    data[:] = data.replace(secret.encode(), b"[redacted]")
+                keep = 0 if final else min(self.hold, len(data))
+                ready = bytes(data[: len(data) - keep])
+                del data[: len(data) - keep]
+                text = self.decoders[stream].decode(ready, final=final)
+                if text:
+                    out.append((stream, text))
+        return out
+
+
+def _drain(stream: IO[bytes], buffer: BoundedBuffer, live: LiveOutput | None = None, name: str = "") -> None:
     with contextlib.suppress(ValueError, OSError):
         for chunk in iter(lambda: stream.read1(READ_CHUNK), b""):  # type: ignore[attr-defined]
             buffer.feed(chunk)
+            if live is not None:
+                live.feed(name, chunk)
 
 
 def _feed_stdin(stream: IO[bytes], data: bytes) -> None:
@@ -133,7 +176,8 @@ def scrub(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
-def execute(spec: ExecutionSpec, *, heartbeat: Heartbeat | None = None) -> ExecutionResult:
+def execute(spec: ExecutionSpec, *, heartbeat: Heartbeat | None = None,
+            on_output: OutputSink | None = None) -> ExecutionResult:
     """Run the CLI described by `spec`; never raises for anything the CLI or its files do."""
     adapter = adapter_for(spec.tool)
     result = ExecutionResult(command=list(spec.argv))
@@ -154,7 +198,8 @@ def execute(spec: ExecutionSpec, *, heartbeat: Heartbeat | None = None) -> Execu
             return result
         shutil.rmtree(private_tmp, ignore_errors=True)  # left over by a killed worker
         private_tmp.mkdir(mode=0o700)
-        _run_process(replace(spec, env={**spec.env, "TMPDIR": str(private_tmp)}), adapter, result, heartbeat)
+        _run_process(replace(spec, env={**spec.env, "TMPDIR": str(private_tmp)}), adapter, result, heartbeat,
+                     on_output)
     except OSError as exc:
         result.failure_kind, result.error_message = "internal", f"work dir error: {_describe(exc)}"
     finally:
@@ -183,7 +228,8 @@ def _scrub_result(result: ExecutionResult, secrets: tuple[str, ...]) -> None:
 
 
 def _run_process(
-    spec: ExecutionSpec, adapter: Adapter, result: ExecutionResult, heartbeat: Heartbeat | None
+    spec: ExecutionSpec, adapter: Adapter, result: ExecutionResult, heartbeat: Heartbeat | None,
+    on_output: OutputSink | None = None,
 ) -> None:
     started = time.monotonic()
     try:
@@ -208,16 +254,25 @@ def _run_process(
         return
 
     stdout, stderr = BoundedBuffer(spec.stdout_limit), BoundedBuffer(spec.stdout_limit)
+    live = LiveOutput(spec.live_output_bytes, spec.secrets) if on_output and spec.live_output_bytes > 0 else None
     threads = [
-        threading.Thread(target=_drain, args=(proc.stdout, stdout), daemon=True),
-        threading.Thread(target=_drain, args=(proc.stderr, stderr), daemon=True),
+        threading.Thread(target=_drain, args=(proc.stdout, stdout, live, "stdout"), daemon=True),
+        threading.Thread(target=_drain, args=(proc.stderr, stderr, live, "stderr"), daemon=True),
         threading.Thread(target=_feed_stdin, args=(proc.stdin, spec.stdin), daemon=True),
     ]
     for thread in threads:
         thread.start()
 
+    beat = heartbeat
+    if live is not None and on_output is not None:
+        def beat() -> Control:  # flush live output on every tick of the wait loop, then ask the heartbeat
+            chunks = live.drain()
+            if chunks:
+                on_output(chunks)
+            return heartbeat() if heartbeat is not None else Control.CONTINUE
+
     try:
-        stopped = _wait(proc, spec, started, heartbeat)
+        stopped = _wait(proc, spec, started, beat)
     finally:
         # However the wait ended (even by an exception from the heartbeat), nothing the CLI started survives.
         if proc.poll() is None:
@@ -225,6 +280,8 @@ def _run_process(
         _kill_group(proc.pid, signal.SIGKILL)
         for thread in threads:
             thread.join(timeout=5)
+    if live is not None and on_output is not None and (chunks := live.drain(final=True)):
+        on_output(chunks)
     _record(spec, adapter, result, proc, stdout, stderr, started, stopped)
 
 
