@@ -48,6 +48,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "tasks_app.logformat.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -105,11 +106,18 @@ STATIC_ROOT = VAR_DIR / "static"
 MEDIA_ROOT = Path(env.str("SCHEDULER_MEDIA_ROOT", default=str(VAR_DIR / "files")))
 MEDIA_URL = "media/"
 
+# JSON lines by default (LOG_FORMAT=plain for a human at a terminal).
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "tasks_app.logformat.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json" if LOG_FORMAT == "json" else "plain"},
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     # The embedded file-system transport has no host; kombu warns about that on every connection.
     "loggers": {"kombu.connection": {"level": "ERROR"}},
@@ -241,9 +249,16 @@ SCHEDULER_KILL_GRACE_SECONDS = env.float("SCHEDULER_KILL_GRACE_SECONDS", default
 SCHEDULER_LIVE_LOG_BYTES = env.int("SCHEDULER_LIVE_LOG_BYTES", default=1024 * 1024)
 SCHEDULER_LIVE_LOG_RETENTION_HOURS = env.float("SCHEDULER_LIVE_LOG_RETENTION_HOURS", default=24.0)
 SCHEDULER_SSE_MAX_SECONDS = env.int("SCHEDULER_SSE_MAX_SECONDS", default=3600)
+# /metrics: a bearer token if set, else only these networks may scrape.
+SCHEDULER_METRICS_TOKEN = env.str("SCHEDULER_METRICS_TOKEN", default="")
+SCHEDULER_METRICS_ALLOW = env.list("SCHEDULER_METRICS_ALLOW", default=["127.0.0.1/32", "::1/128"])
+SCHEDULER_METRICS_CACHE_SECONDS = env.int("SCHEDULER_METRICS_CACHE_SECONDS", default=5)
 SCHEDULER_API_ENABLED = env.bool("SCHEDULER_API_ENABLED", default=True)
 SCHEDULER_API_THROTTLE_RATE = env.str("SCHEDULER_API_THROTTLE_RATE", default="1200/min")
 DATA_UPLOAD_MAX_MEMORY_SIZE = SCHEDULER_MAX_TOTAL_BYTES * 4 // 3 + 1024 * 1024
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 SCHEDULER_INTAKE_MODEL = env.str("SCHEDULER_INTAKE_MODEL", default="gpt-4.1-mini")
+# Per HTTP attempt; the openai client retries 429/5xx/timeouts itself (honouring Retry-After) up to MAX_RETRIES.
+SCHEDULER_INTAKE_TIMEOUT_SECONDS = env.float("SCHEDULER_INTAKE_TIMEOUT_SECONDS", default=30.0)
+SCHEDULER_INTAKE_MAX_RETRIES = env.int("SCHEDULER_INTAKE_MAX_RETRIES", default=3)

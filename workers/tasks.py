@@ -12,8 +12,10 @@ from celery.signals import worker_ready
 from django.conf import settings
 from django.db import close_old_connections
 
+from tasks_app.logformat import log_context
 from tasks_app.services.dispatch import Lease, dispatch_runnable
 from tasks_app.services.runs import (
+    RunContext,
     leases_reconcile,
     run_check,
     run_finish,
@@ -36,9 +38,16 @@ def worker_id() -> str:
 @shared_task(bind=True, name="workers.execute_run", ignore_result=True)
 def execute_run_task(self, task_id: str, lease_token: str) -> None:
     worker = worker_id()
-    ctx = run_start(task_id=task_id, lease_token=lease_token, worker=worker, celery_task_id=self.request.id or "")
-    if ctx is None:
-        return  # duplicate or late delivery: the lease moved on
+    with log_context(task_id=task_id):
+        ctx = run_start(task_id=task_id, lease_token=lease_token, worker=worker, celery_task_id=self.request.id or "")
+        if ctx is None:
+            return  # duplicate or late delivery: the lease moved on
+        with log_context(run_id=ctx.run_id, group=ctx.group_name, attempt=ctx.attempt):
+            logger.info("attempt %d of %s started on %s", ctx.attempt, ctx.tool, ctx.group_name)
+            _execute(ctx, worker)
+
+
+def _execute(ctx: RunContext, worker: str) -> None:
     try:
         spec = execution_spec(ctx)
     except ConfigurationError as exc:
@@ -65,6 +74,7 @@ def execute_run_task(self, task_id: str, lease_token: str) -> None:
 
         close_old_connections()  # hold no idle DB connection state across a long CLI run
         result = execute(spec, heartbeat=heartbeat, on_output=on_output)
+    logger.info("attempt %d finished: %s", ctx.attempt, result.failure_kind or "succeeded")
     if run_finish(run_id=ctx.run_id, lease_token=ctx.lease_token, result=result, worker=worker) is not None:
         # Refill the freed slot now, from here: a round trip through the control queue would leave the slot
         # idle for tens of milliseconds per job. The dispatch lock keeps every cap exact wherever it runs.

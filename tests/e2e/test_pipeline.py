@@ -70,6 +70,11 @@ def test_enqueue_from_schedulerctl_runs_on_a_claude_main_worker(workers: WorkerP
     events = TaskEvent.objects.filter(task=task).order_by("created_at", "id")
     chain = list(events.values_list("from_status", "to_status"))
     assert chain == [("", "queued"), ("queued", "leased"), ("leased", "running"), ("running", "succeeded")]
+    # The worker logs one JSON object per line, with the job's context.
+    lines = [json.loads(line) for log in workers.log_dir.glob("*.log") for line in log.read_text().splitlines()
+             if line.startswith("{")]
+    started = [entry for entry in lines if entry.get("task_id") == task_id and "started on" in entry["msg"]]
+    assert started and started[0]["attempt"] == "1" and started[0]["group"] == "claude-main"
     # Read back through the CLI too.
     shown = schedulerctl(workers, "--json", "get", task_id)
     assert json.loads(shown.stdout)["files"][0]["sha256"] == out.sha256
