@@ -6,7 +6,7 @@ PYTHON ?= python3
 PG_URL ?= postgres://postgres@127.0.0.1:5432/cli_scheduler
 REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install run test test-postgres test-embedded lint bench clean
+.PHONY: install run test test-postgres test-embedded lint bench clean browser
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ run: install
 	$(PY) manage.py start
 
 # Production stack (PostgreSQL + Redis, both real) and then the end-to-end path on the embedded default.
-test: install lint test-postgres test-embedded
+test: install browser lint test-postgres test-embedded
+
+# Debian's Chromium for the admin browser test (Playwright drives it; it never downloads a browser itself).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium not installed: the browser test will be skipped"
 
 lint: install
 	$(VENV)/bin/ruff check .

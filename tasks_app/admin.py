@@ -15,14 +15,14 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
 from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import content_disposition_header
 from django.utils.safestring import SafeString
 
-from tasks_app import selectors, timing
+from tasks_app import logstream, selectors, timing
 from tasks_app.crypto import CredentialsUnreadable
 from tasks_app.forms import ConcurrencyLimitForm, ScheduleForm, WorkerGroupForm
 from tasks_app.models import (
@@ -319,6 +319,7 @@ class TaskAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     actions = ("cancel_tasks", "retry_tasks")
     inlines = (TaskRunInline, TaskFileInline, TaskEventInline)
+    change_form_template = "admin/tasks_app/task/change_form.html"  # adds the live output panel
     fieldsets = (
         (None, {"fields": ("id", "status", "tool", "model", "tenant", "created_by", "schedule", "prompt_block")}),
         ("Scheduling", {"fields": ("priority", "scheduled_at", "worker_group", "worker_group_pinned",
@@ -342,8 +343,29 @@ class TaskAdmin(admin.ModelAdmin):
             self.admin_site.admin_view(self.file_download_view),
             name="tasks_app_task_file_download",
         )
-        # Before the defaults: their "<path:object_id>/" pattern would swallow this URL.
-        return [download, *super().get_urls()]
+        live_log = path(
+            "<uuid:task_id>/live-log/",
+            self.admin_site.admin_view(self.live_log_view),
+            name="tasks_app_task_live_log",
+        )
+        # Before the defaults: their "<path:object_id>/" pattern would swallow these URLs.
+        return [download, live_log, *super().get_urls()]
+
+    def live_log_view(self, request: HttpRequest, task_id: Any) -> JsonResponse:
+        """New output of the latest attempt after `?after=SEQ`, for the task page's live panel."""
+        task = get_object_or_404(Task, pk=task_id)
+        if not self.has_view_permission(request, task):
+            raise Http404("no such task")
+        after = request.GET.get("after", "0")
+        after_seq = int(after) if after.isdigit() and len(after) < 10 else 0
+        run = task.runs.order_by("-attempt").first()
+        chunks = logstream.chunks_after(run.pk, after_seq) if run else []
+        return JsonResponse({
+            "status": task.status,
+            "terminal": task.is_terminal,
+            "attempt": run.attempt if run else None,
+            "chunks": [{"seq": c.seq, "stream": c.stream, "data": c.data} for c in chunks],
+        })
 
     def file_download_view(self, request: HttpRequest, task_id: Any, file_id: int) -> HttpResponse:
         task = get_object_or_404(Task, pk=task_id)

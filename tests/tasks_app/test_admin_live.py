@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import pytest
+
+from tasks_app.models import TaskRun
+from tasks_app.services.runs import run_log_append
+from tests.factories import TaskFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_task_page_has_the_live_panel_and_the_endpoint_returns_new_chunks(admin_client) -> None:
+    task = TaskFactory(status="running")
+    run = TaskRun.objects.create(task=task, attempt=1, lease_token=task.pk)
+    run_log_append(run_id=run.pk, chunks=[("stdout", "line one\n"), ("stderr", "warn\n"), ("stdout", "two\n")],
+                   first_seq=0)
+
+    page = admin_client.get(f"/admin/tasks_app/task/{task.pk}/change/")
+    first = admin_client.get(f"/admin/tasks_app/task/{task.pk}/live-log/").json()
+    later = admin_client.get(f"/admin/tasks_app/task/{task.pk}/live-log/?after=2").json()
+
+    assert page.status_code == 200 and b'id="live-log"' in page.content
+    assert (first["status"], first["terminal"], first["attempt"]) == ("running", False, 1)
+    assert [(c["seq"], c["stream"], c["data"]) for c in first["chunks"]] == [
+        (0, "stdout", "line one\n"), (1, "stderr", "warn\n"), (2, "stdout", "two\n")]
+    assert [c["seq"] for c in later["chunks"]] == [2]
+    assert admin_client.get(f"/admin/tasks_app/task/{task.pk}/live-log/?after=abc").json()["chunks"][0]["seq"] == 0
+
+
+def test_live_log_needs_staff(client) -> None:
+    task = TaskFactory()
+    response = client.get(f"/admin/tasks_app/task/{task.pk}/live-log/")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
