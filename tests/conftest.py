@@ -20,6 +20,42 @@ from django.db import connection
 ROOT = Path(__file__).resolve().parent.parent
 FAKES_BIN = Path(__file__).resolve().parent / "fakes" / "bin"
 
+# Every credential value stored during the session, and every log our processes wrote: at the end of the run
+# the logs are grepped for the values (SPEC: secrets never in logs). The stand-in CLIs' own logs are not ours.
+CREDENTIAL_VALUES: set[str] = set()
+OUR_LOG_FILES: list[Path] = []
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _record_credential_values() -> Iterator[None]:
+    from tasks_app import crypto
+
+    original = crypto.encrypt_json
+
+    def recording(value: dict[str, str]) -> str:
+        CREDENTIAL_VALUES.update(v for v in value.values() if isinstance(v, str) and len(v) >= 8)
+        return original(value)
+
+    crypto.encrypt_json = recording
+    yield
+    crypto.encrypt_json = original
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    files = [path for path in OUR_LOG_FILES if path.exists()]
+    if not files:
+        return
+    hits = [(path, value) for path in files for value in CREDENTIAL_VALUES
+            if value in path.read_text(errors="replace")]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"credential grep: {len(files)} worker/beat log files, {len(CREDENTIAL_VALUES)} "
+                            f"credential values, {len(hits)} hits")
+        for path, value in hits:
+            reporter.write_line(f"  LEAK: {value[:4]}… found in {path}", red=True)
+    if hits:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05,
                message: str = "condition") -> Any:
@@ -97,6 +133,7 @@ class WorkerProcesses:
         )
         console.close()
         self.procs.append((proc, log))
+        OUR_LOG_FILES.extend([log, self.log_dir / f"{name}.out"])
         wait_until(lambda: (log.exists() and ready in log.read_text(errors="replace")) or proc.poll() is not None,
                    timeout=60, message=f"{name} to be ready")
         if proc.poll() is not None:
