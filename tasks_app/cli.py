@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = tokens.add_parser("list")
     p.add_argument("--user")
     tokens.add_parser("revoke").add_argument("id", type=int)
+
+    p = sub.add_parser("ask", help="describe a job in plain words; shows the proposal, creates it on confirmation")
+    p.add_argument("sentence")
+    p.add_argument("--timezone", help="your IANA timezone, for relative times (default: $TZ, else UTC)")
+    p.add_argument("--yes", action="store_true", help="create without asking")
     return parser
 
 
@@ -540,10 +545,49 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ask(args: argparse.Namespace) -> int:
+    from tasks_app.presenters import task_dict
+    from tasks_app.services.intake import IntakeError, intake_confirm, intake_propose
+
+    zone = args.timezone or os.environ.get("TZ", "").lstrip(":") or "UTC"
+    try:
+        result = intake_propose(text=args.sentence, zone_name=zone)
+    except IntakeError as exc:
+        raise CommandError(str(exc), EXIT_NOT_FOUND) from None
+    proposal = result.proposal.as_dict()
+    if not args.json:
+        _table(["field", "value"], [[key, ", ".join(value) if isinstance(value, list) else value]
+                                    for key, value in proposal.items() if value not in (None, "", [])],
+               title="proposal")
+    create = proposal["kind"] != "none" and args.yes
+    if proposal["kind"] != "none" and not args.yes:
+        if sys.stdin.isatty():
+            print(f"Create this {proposal['kind']}? [y/N] ", end="", file=sys.stderr, flush=True)
+            create = sys.stdin.readline().strip().lower() in ("y", "yes")
+        else:
+            print("not created: stdin is not a terminal; run again with --yes to create it", file=sys.stderr)
+    created = intake_confirm(result=result, tenant=args.tenant, created_by=args.actor) if create else None
+    data: dict[str, Any] = {
+        "proposal": proposal, "created": created is not None,
+        "task": task_dict(created, detail=True) if result.proposal.kind == "task" and created else None,
+        "schedule": _schedule_dict(created) if result.proposal.kind == "schedule" and created else None,
+    }
+    if args.json:
+        print(json.dumps(data, default=str))
+    elif data["task"]:
+        print(f"created task {data['task']['id']} ({data['task']['tool']}): {data['task']['status']}")
+    elif data["schedule"]:
+        d = data["schedule"]
+        print(f"created schedule {d['id']} {d['name']!r}: {_timing_text(d)}, next run {d['next_run_at_local']}")
+    elif proposal["kind"] == "none":
+        print(f"nothing to run: {proposal['reason']}")
+    return 0
+
+
 COMMANDS = {
     "enqueue": cmd_enqueue, "list": cmd_list, "get": cmd_get, "cancel": cmd_cancel, "retry": cmd_retry,
     "logs": cmd_logs, "files": cmd_files, "groups": cmd_groups, "users": cmd_users, "tokens": cmd_tokens,
-    "schedules": cmd_schedules,
+    "schedules": cmd_schedules, "ask": cmd_ask,
 }
 
 

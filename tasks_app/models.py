@@ -143,6 +143,8 @@ class Schedule(models.Model):
     last_fired_at = models.DateTimeField(null=True, blank=True)
     periodic_task = models.OneToOneField("django_celery_beat.PeriodicTask", null=True, blank=True,
                                          on_delete=models.SET_NULL, related_name="+", editable=False)
+    intake = models.JSONField(null=True, blank=True, editable=False,
+                              help_text="Made by natural-language intake: the sentence, proposal and raw model answer.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from django.urls import path
 from rest_framework.routers import DefaultRouter
 
+from tasks_app.api.intake import IntakeView
 from tasks_app.api.views import ScheduleViewSet, TaskViewSet, WorkerGroupViewSet
 
 router = DefaultRouter(trailing_slash=True)
@@ -9,4 +11,4 @@ router.register("tasks", TaskViewSet, basename="task")
 router.register("schedules", ScheduleViewSet, basename="schedule")
 router.register("worker-groups", WorkerGroupViewSet, basename="worker-group")
 
-urlpatterns = router.urls
+urlpatterns = [*router.urls, path("intake/", IntakeView.as_view(), name="intake")]

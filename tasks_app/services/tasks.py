@@ -226,9 +226,9 @@ def _plain_token(value: str) -> bool:
 
 def task_create(
     *, spec: TaskSpec, tenant: str = "default", created_by: str = "", source: str, reason: str = "",
-    schedule: Any = None,
+    schedule: Any = None, event_data: dict[str, Any] | None = None,
 ) -> tuple[Task, bool]:
-    """Validate and create a queued task with its input files and first event.
+    """Validate and create a queued task with its input files and first event (carrying ``event_data``).
 
     Returns ``(task, created)``; an idempotent repeat returns the existing task and ``False``.
     """
@@ -266,7 +266,8 @@ def task_create(
             for row in file_rows:
                 row.task = task
             TaskFile.objects.bulk_create(file_rows)
-            _event(task, "", TaskStatus.QUEUED, source=source, actor=created_by, reason=reason or "created")
+            _event(task, "", TaskStatus.QUEUED, source=source, actor=created_by, reason=reason or "created",
+                   data=event_data)
             transaction.on_commit(request_dispatch)
     except IntegrityError:
         # Two identical requests raced past the first lookup; the unique constraint let one win.
