@@ -68,3 +68,18 @@ def test_execute_streams_output_while_the_cli_runs(tmp_path: Path) -> None:
     stdout = "".join(t for s, t in received if s == "stdout")
     assert stdout.startswith("[stdout filler]") and '"type":"result"' in stdout.replace(" ", "")
     assert "".join(t for s, t in received if s == "stderr").startswith("[stderr filler]")
+
+
+def test_a_secret_cut_by_head_and_tail_truncation_is_scrubbed_on_both_sides() -> None:
+    from workers.executors.runner import BoundedBuffer, scrub
+
+    secret = "sk-ant-0123456789abcdef"
+    buffer = BoundedBuffer(40)
+    buffer.feed(b"x" * 10 + secret.encode() + b"y" * 200 + secret.encode() + b"z" * 5)
+    text = buffer.value().decode()
+    assert secret not in text and secret[:6] in text  # the cut really split both copies
+
+    scrubbed = scrub(text, (secret,))
+
+    assert "sk-ant" not in scrubbed and "cdef" not in scrubbed
+    assert scrubbed.startswith("x" * 10 + "[redacted]") and scrubbed.endswith("[redacted]" + "z" * 5)

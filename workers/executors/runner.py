@@ -7,6 +7,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import select
 import shutil
 import signal
@@ -169,10 +170,27 @@ def terminate_group(proc: subprocess.Popen[bytes], grace_seconds: float) -> None
         proc.wait(timeout=5)
 
 
+TRUNCATION_MARK = re.compile(r"\n\[\.\.\. \d+ bytes truncated \.\.\.\]\n")
+MIN_FRAGMENT = 4
+
+
 def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """Replace each secret with [redacted], including the halves of one cut by head + tail truncation."""
     for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "[redacted]")
+        if not secret or len(secret) < MIN_FRAGMENT:
+            continue
+        text = text.replace(secret, "[redacted]")
+        for mark in reversed(list(TRUNCATION_MARK.finditer(text))):
+            head, tail = text[: mark.start()], text[mark.end():]
+            for size in range(len(secret) - 1, MIN_FRAGMENT - 1, -1):
+                if head.endswith(secret[:size]):
+                    head = head[:-size] + "[redacted]"
+                    break
+            for size in range(len(secret) - 1, MIN_FRAGMENT - 1, -1):
+                if tail.startswith(secret[-size:]):
+                    tail = "[redacted]" + tail[size:]
+                    break
+            text = head + mark.group(0) + tail
     return text
 
 
