@@ -79,6 +79,18 @@ def fake_bins(settings: Any) -> dict[str, str]:
     return bins
 
 
+@pytest.fixture
+def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Sets this process's local time zone (TZ + tzset) for clock times without a zone; restored afterwards."""
+    def use(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        time.tzset()
+
+    yield use
+    monkeypatch.undo()
+    time.tzset()
+
+
 def test_database_url() -> str:
     info = connection.settings_dict
     if connection.vendor == "postgresql":

@@ -10,7 +10,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tasks_app.services.runs import RunContext
+from tests.conftest import wait_until
 from workers.executors import (
     ADAPTERS,
     ConfigurationError,
@@ -104,14 +105,7 @@ def _group_members(pgid: int) -> list[int]:
 
 
 def _wait_until(predicate: Callable[[], Any], *, timeout: float = 5.0, message: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.05)
+    return wait_until(predicate, timeout=timeout, message=message)
 
 
 def _assert_all_gone(start: dict[str, Any], *, timeout: float = 5.0) -> None:
@@ -120,16 +114,6 @@ def _assert_all_gone(start: dict[str, Any], *, timeout: float = 5.0) -> None:
                 timeout=timeout, message=f"process group {start['pgid']} to be gone")
 
 
-@pytest.fixture
-def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
-    """Sets this process's local time zone (TZ + tzset); restored afterwards."""
-    def use(name: str) -> None:
-        monkeypatch.setenv("TZ", name)
-        time.tzset()
-
-    yield use
-    monkeypatch.undo()
-    time.tzset()
 
 
 # -- 1. success through each stand-in -----------------------------------------------------------------
