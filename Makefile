@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
-PG_URL ?= postgres://postgres@127.0.0.1:5432/cli_scheduler
+PG_SERVER ?= postgres://postgres@127.0.0.1:5432
 REDIS_URL ?= redis://127.0.0.1:6379/0
 
 .PHONY: install run test test-postgres test-embedded lint bench clean browser
@@ -32,9 +32,11 @@ browser:
 lint: install
 	$(VENV)/bin/ruff check .
 
+# Each run gets its own database (pytest-django creates test_<name> and drops it at the end) and its own Redis
+# key prefix, so runs on one machine (CI, developers, several checkouts) never see each other's rows or queues.
 test-postgres: install
-	tmp=$$(mktemp -d) && \
-	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=$(REDIS_URL) SCHEDULER_BROKER_PREFIX="test-$$$$-$$RANDOM:" \
+	tmp=$$(mktemp -d) && db=cli_scheduler_$$(basename $$tmp | tr -dc 'A-Za-z0-9' | tr 'A-Z' 'a-z') && \
+	DATABASE_URL=$(PG_SERVER)/$$db CELERY_BROKER_URL=$(REDIS_URL) SCHEDULER_BROKER_PREFIX="test-$$db:" \
 	SCHEDULER_VAR_DIR=$$tmp $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; rm -rf $$tmp; exit $$rc
 
 test-embedded: install

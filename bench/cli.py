@@ -1,4 +1,8 @@
-"""`python -m bench`: jobs/s of the full pipeline against a bare Celery task running the same stand-in CLI."""
+"""`python -m bench`: jobs/s of the full pipeline against a bare Celery task running the same stand-in CLI.
+
+Subcommands: `python -m bench api` (API latency, bench/api.py) and `python -m bench deep` (dispatch over a
+deep queue, bench/deep.py); each has its own `--help`.
+"""
 
 from __future__ import annotations
 
@@ -325,7 +329,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+SUBCOMMANDS = ("api", "deep")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        from importlib import import_module
+
+        return import_module(f"bench.{argv[0]}").main(argv[1:])
     args = parse_args(argv)
     warmup = args.warmup if args.warmup is not None else 2 * args.concurrency
     timeout = args.timeout or 60.0 + args.n

@@ -17,12 +17,13 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import content_disposition_header
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
-from tasks_app import logstream, selectors, timing
+from tasks_app import logstream, selectors, stats, svg, timing
 from tasks_app.crypto import CredentialsUnreadable
 from tasks_app.forms import ConcurrencyLimitForm, ScheduleForm, WorkerGroupForm
 from tasks_app.models import (
@@ -749,3 +750,53 @@ class ScheduleFiringAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="task")
     def task_link(self, firing: ScheduleFiring) -> SafeString | str:
         return _task_link(firing.task_id) if firing.task_id else "-"
+
+
+# --- Dashboard ------------------------------------------------------------------------------------
+
+
+def _chart(markup: str) -> SafeString:
+    return mark_safe(markup)  # noqa: S308 -- tasks_app.svg escapes every label and value it embeds
+
+
+def dashboard_view(request: HttpRequest) -> TemplateResponse:
+    """Figures and charts from `tasks_app.stats`; staff only (wrapped in `admin_view` below)."""
+    data = stats.dashboard()
+    days = [day.strftime("%a %d") for day in data.usage_days]
+    groups = sorted({row.group for row in data.usage})
+    per_day = {(row.day, row.group): row for row in data.usage}
+
+    def series(value: Callable[[stats.DailyUsage], float]) -> list[tuple[str, list[float]]]:
+        return [(group, [value(per_day[day, group]) if (day, group) in per_day else 0 for day in data.usage_days])
+                for group in groups]
+
+    charts = {
+        "status": svg.bar_chart(data.status_counts, title="Tasks by status"),
+        "groups": svg.stacked_bar(
+            [(group.name, (group.running, max(group.max_concurrent - group.running, 0)),
+              f"{group.running}/{group.max_concurrent}") for group in data.groups],
+            series=("running", "free"), title="Running vs max_concurrent per group"),
+        "success": svg.bar_chart([(tool.tool, tool.success_percent) for tool in data.tools if tool.finished],
+                                 title="Success rate per tool, last 24 h", maximum=100,
+                                 format_value=lambda value: f"{value:.1f}%", color=svg.PALETTE[4]),
+        "tokens": svg.column_chart(days, series(lambda row: row.tokens), title="Tokens per day per account"),
+        "cost": svg.column_chart(days, series(lambda row: float(row.cost_usd)), title="Cost (USD) per day",
+                                 format_value=lambda value: f"${value:.2f}"),
+        "failures": svg.bar_chart(data.failure_counts, title="Failed runs by kind, last 24 h",
+                                  color=svg.PALETTE[3]),
+    }
+    context = {**admin.site.each_context(request), "title": "Dashboard", "data": data,
+               "charts": {name: _chart(markup) for name, markup in charts.items()}}
+    return TemplateResponse(request, "admin/cockpit/dashboard.html", context)
+
+
+_site_urls = admin.site.get_urls
+
+
+def _site_urls_with_dashboard() -> list[URLPattern]:
+    dashboard = path("dashboard/", admin.site.admin_view(dashboard_view), name="cockpit-dashboard")
+    return [dashboard, *_site_urls()]
+
+
+admin.site.get_urls = _site_urls_with_dashboard  # type: ignore[method-assign]
+admin.site.index_template = "admin/cockpit/index.html"  # the default index plus a link to the dashboard

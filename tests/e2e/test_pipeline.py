@@ -192,3 +192,18 @@ def test_a_job_past_its_timeout_is_killed_with_its_children(workers: WorkerProce
     wait_until(group_gone, timeout=10, message="the CLI's process group to be gone")
     with pytest.raises(ProcessLookupError):
         os.kill(start["pid"], 0)
+
+
+def test_a_missing_cli_fails_the_task_with_a_clear_recorded_reason(workers: WorkerProcesses) -> None:
+    group_create(tool="gemini", account="main")
+    workers.start("control", concurrency=1)
+    workers.start("gemini-main", concurrency=1, env={"SCHEDULER_GEMINI_BIN": "/opt/not-installed/gemini"})
+
+    task, _ = task_create(spec=TaskSpec(tool="gemini", prompt="anything", max_attempts=3), source="api")
+    (task,) = wait_terminal(task.pk)
+
+    assert task.status == "failed"  # not retried: installing the CLI is an operator's job
+    (run,) = TaskRun.objects.filter(task=task)
+    assert (run.failure_kind, run.exit_code) == ("cli_missing", None)
+    assert task.error_message == "/opt/not-installed/gemini not found: set SCHEDULER_GEMINI_BIN or install gemini"
+    assert "not retryable" in TaskEvent.objects.filter(task=task).last().reason
