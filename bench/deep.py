@@ -105,12 +105,12 @@ def decision_only() -> int:
 
 
 def decision_reads_only() -> int:
-    """A rolled-back pass with the per-lease write (`task_transition`) stubbed out: the reads alone."""
+    """A rolled-back pass with the lease write (`task_lease_batch`) stubbed out: the reads alone."""
     from unittest import mock
 
     from tasks_app.services import dispatch
 
-    with mock.patch.object(dispatch, "task_transition", lambda **kwargs: None):
+    with mock.patch.object(dispatch, "task_lease_batch", lambda **kwargs: []):
         return decision_only()
 
 
@@ -181,8 +181,8 @@ def main(argv: list[str]) -> int:
                              after=check, note=f"{expected_leases} leases a pass, no commit, no message"))
 
         timings.append(timed("dispatch_runnable(): reads only (lease write stubbed)", decision_reads_only,
-                             args.repeat, after=check,
-                             note="groups, counts, queued_tenants + candidates per tool; no task_transition"))
+                             args.repeat,
+                             note="groups, counts, queued_tenants + candidates per tool; no task_lease_batch"))
 
         def committed_pass() -> int:
             return len(dispatch_runnable())

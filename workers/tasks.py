@@ -81,8 +81,12 @@ def _execute(ctx: RunContext, worker: str) -> None:
         dispatch_runnable()
 
 
-def send_execute(lease: Lease) -> None:
-    execute_run_task.apply_async(args=[str(lease.task_id), str(lease.lease_token)], queue=lease.queue)
+def send_execute(leases: list[Lease]) -> None:
+    """One message per lease to its group's queue, all over one producer connection."""
+    with execute_run_task.app.producer_or_acquire() as producer:
+        for lease in leases:
+            execute_run_task.apply_async(args=[str(lease.task_id), str(lease.lease_token)], queue=lease.queue,
+                                         producer=producer)
 
 
 @shared_task(name="workers.dispatch", ignore_result=True)

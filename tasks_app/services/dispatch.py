@@ -30,6 +30,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -39,13 +40,12 @@ from django.utils import timezone
 from tasks_app.models import (
     ACTIVE_STATUSES,
     ConcurrencyLimit,
-    EventSource,
     OverlapPolicy,
     Task,
     TaskStatus,
     WorkerGroup,
 )
-from tasks_app.services.tasks import TaskStateError, task_transition
+from tasks_app.services.tasks import task_lease_batch
 
 logger = logging.getLogger(__name__)
 
@@ -90,20 +90,33 @@ def queued_tenants(tool: str) -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
-def candidates(tool: str, wanted: int, now: datetime) -> list[Task]:
+class Candidate(NamedTuple):
+    """What a dispatch decision needs of a queued task: plain values, no model instances (this is hot)."""
+
+    pk: uuid.UUID
+    priority: int
+    created_at: datetime
+    model: str
+    worker_group_id: int | None
+    worker_group_pinned: bool
+    schedule_id: int | None
+    overlap_policy: str | None
+
+
+def candidates(tool: str, wanted: int, now: datetime) -> list[Candidate]:
     """Up to roughly `wanted` runnable tasks of `tool` in dispatch order (priority, tenant turns, age)."""
-    ranked: list[tuple[int, int, datetime, Task]] = []
+    ranked: list[tuple[int, int, datetime, Candidate]] = []
     for tenant in queued_tenants(tool):
         rows = (
             Task.objects.filter(status=TaskStatus.QUEUED, tool=tool, tenant=tenant)
             .filter(runnable_filter(now))
             .order_by("-priority", "created_at")
-            .select_related("schedule")
-            .only("id", "tenant", "priority", "created_at", "model", "tool", "worker_group_id",
-                  "worker_group_pinned", "schedule__overlap_policy")[: wanted + SLACK_PER_TENANT]
+            .values_list("id", "priority", "created_at", "model", "worker_group_id", "worker_group_pinned",
+                         "schedule_id", "schedule__overlap_policy")[: wanted + SLACK_PER_TENANT]
         )
         turn: Counter[int] = Counter()
-        for task in rows:
+        for row in rows:
+            task = Candidate(*row)
             turn[task.priority] += 1
             ranked.append((-task.priority, turn[task.priority], task.created_at, task))
     ranked.sort(key=lambda item: item[:3])
@@ -155,6 +168,7 @@ def dispatch_runnable(*, now: datetime | None = None) -> list[Lease]:
             .values_list("schedule_id", flat=True)
         )
         lease_until = now + timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS)
+        chosen: list[tuple[uuid.UUID, WorkerGroup]] = []
         for tool, tool_groups in sorted(by_tool.items()):
             capacity = sum(max(free[g.pk], 0) for g in tool_groups)
             if capacity <= 0:
@@ -170,31 +184,24 @@ def dispatch_runnable(*, now: datetime | None = None) -> list[Lease]:
                 scopes = [f"tool:{tool}"] + ([f"model:{task.model}"] if task.model else [])
                 if any(s in limits and usage[s] >= limits[s] for s in scopes):
                     continue
-                token = uuid.uuid4()
-                try:
-                    task_transition(
-                        task_id=task.pk, to=TaskStatus.LEASED, source=EventSource.SYSTEM, actor="dispatcher",
-                        reason=f"leased to {group.name}", expect=[TaskStatus.QUEUED],
-                        data={"worker_group": group.name},
-                        updates={"worker_group": group, "lease_token": token, "lease_expires_at": lease_until},
-                    )
-                except TaskStateError:
-                    continue  # canceled (or otherwise moved) since it was read
+                chosen.append((task.pk, group))
                 free[group.pk] -= 1
-                if task.schedule_id is not None and task.schedule.overlap_policy == OverlapPolicy.QUEUE:
+                if task.overlap_policy == OverlapPolicy.QUEUE:
                     busy_schedules.add(task.schedule_id)
                 capacity -= 1
                 for s in scopes:
                     usage[s] += 1
-                lease = Lease(task_id=task.pk, lease_token=token, queue=group.name)
-                leases.append(lease)
-                transaction.on_commit(lambda lease=lease: send_execute(lease))
+        # A task canceled since it was read is skipped here; its slot stays free until the next pass.
+        leases = [Lease(task_id=task_id, lease_token=token, queue=group.name)
+                  for task_id, token, group in task_lease_batch(assignments=chosen, lease_until=lease_until)]
+        if leases:
+            transaction.on_commit(lambda: send_execute(leases))
     if leases:
         logger.info("dispatch leased %d task(s)", len(leases))
     return leases
 
 
-def _choose_group(task: Task, groups: list[WorkerGroup], free: dict[int, int]) -> WorkerGroup | None:
+def _choose_group(task: Candidate, groups: list[WorkerGroup], free: dict[int, int]) -> WorkerGroup | None:
     if task.worker_group_pinned:
         group = next((g for g in groups if g.pk == task.worker_group_id), None)
         return group if group is not None and free[group.pk] > 0 else None

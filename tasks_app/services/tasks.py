@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import json
 import mimetypes
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +22,7 @@ from django.utils import timezone
 from tasks_app import validation
 from tasks_app.models import (
     TERMINAL_STATUSES,
+    EventSource,
     Task,
     TaskEvent,
     TaskFile,
@@ -344,6 +346,44 @@ def task_transition(
         task.save(update_fields=sorted(fields))
         _event(task, from_status, to, source=source, actor=actor, reason=reason, data=data)
     return task
+
+
+def task_lease_batch(*, assignments: list[tuple[Any, WorkerGroup]], lease_until: datetime,
+                     actor: str = "dispatcher") -> list[tuple[Any, uuid.UUID, WorkerGroup]]:
+    """The dispatcher's hot claim: queued → leased for a whole batch, as a compare-and-swap under row locks.
+
+    The same move `task_transition` makes (checked against the lifecycle table, one TaskEvent per task, in the
+    caller's transaction), in one UPDATE per group and one INSERT instead of five statements per task. Tasks
+    that left `queued` since the caller read them (a cancel) are skipped. Returns (task id, lease token, group)
+    for each lease made.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("task_lease_batch must run inside the dispatch transaction")
+    check_transition(TaskStatus.QUEUED, TaskStatus.LEASED)
+    ids = [task_id for task_id, _ in assignments]
+    still_queued = set(
+        Task.objects.select_for_update().filter(pk__in=ids, status=TaskStatus.QUEUED).values_list("pk", flat=True)
+    )
+    now = timezone.now()
+    by_group: dict[int, tuple[WorkerGroup, list[Any]]] = {}
+    for task_id, group in assignments:
+        if task_id in still_queued:
+            by_group.setdefault(group.pk, (group, []))[1].append(task_id)
+    events: list[TaskEvent] = []
+    leases: list[tuple[Any, uuid.UUID, WorkerGroup]] = []
+    for group, task_ids in by_group.values():
+        # A token fences stale workers per (task, lease): one fresh token per group and pass is as good as one
+        # per task, and makes this a single UPDATE.
+        token = uuid.uuid4()
+        Task.objects.filter(pk__in=task_ids).update(status=TaskStatus.LEASED, worker_group=group, lease_token=token,
+                                                    lease_expires_at=lease_until, updated_at=now)
+        for task_id in task_ids:
+            events.append(TaskEvent(task_id=task_id, from_status=TaskStatus.QUEUED, to_status=TaskStatus.LEASED,
+                                    source=EventSource.SYSTEM, actor=actor, reason=f"leased to {group.name}",
+                                    data={"worker_group": group.name}, created_at=now))
+            leases.append((task_id, token, group))
+    TaskEvent.objects.bulk_create(events)
+    return leases
 
 
 def task_cancel(*, task_id: Any, source: str, actor: str = "", reason: str = "") -> Task:

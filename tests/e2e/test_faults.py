@@ -93,11 +93,11 @@ def test_a_sigkilled_worker_is_detected_and_the_task_runs_once_more_elsewhere(
     doomed = workers.start("claude-main", concurrency=1, name="doomed", env=FAST)
     task = _enqueue(fake("long", sleep=3, tag="long", write={"out.txt": "done"}), output_files=["out.txt"])
     (first_start,) = wait_until(lambda: _started(log, "long"), message="the CLI to start")
-    workers.start("claude-main", concurrency=1, name="survivor", env=FAST)
-
+    # Kill first, then bring up the other box: its start-up time must not decide the race.
     os.killpg(doomed.pid, signal.SIGKILL)
     os.killpg(first_start["pgid"], signal.SIGKILL)
     killed_at = time.time()
+    workers.start("claude-main", concurrency=1, name="survivor", env=FAST)
     (task,) = wait_terminal(task.pk, timeout=60)
 
     assert task.status == "succeeded", workers.logs()
@@ -116,11 +116,11 @@ def test_a_paused_worker_is_fenced_off_when_it_wakes_up(workers: WorkerProcesses
     workers.start_beat(env=FAST)
     workers.start("control", concurrency=1, env=FAST)
     sleeper = workers.start("claude-main", concurrency=1, name="sleeper", env=FAST)
-    task = _enqueue(fake("long", sleep=2, tag="long"))
+    task = _enqueue(fake("long", sleep=6, tag="long"))
     wait_until(lambda: _started(log, "long"), message="the CLI to start")
-    workers.start("claude-main", concurrency=1, name="awake", env=FAST)
-
+    # Pause first (the CLI, in its own session, keeps running and finishes meanwhile), then start the other box.
     os.killpg(sleeper.pid, signal.SIGSTOP)
+    workers.start("claude-main", concurrency=1, name="awake", env=FAST)
     try:
         (task,) = wait_terminal(task.pk, timeout=60)
     finally:
