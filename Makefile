@@ -36,15 +36,16 @@ lint: install
 # key prefix, so runs on one machine (CI, developers, several checkouts) never see each other's rows or queues.
 test-postgres: install
 	tmp=$$(mktemp -d) && db=cli_scheduler_$$(basename $$tmp | tr -dc 'A-Za-z0-9' | tr 'A-Z' 'a-z') && \
-	DATABASE_URL=$(PG_SERVER)/$$db CELERY_BROKER_URL=$(REDIS_URL) SCHEDULER_BROKER_PREFIX="test-$$db:" \
+	DATABASE_URL=$(PG_SERVER)/$$db CELERY_BROKER_URL=$(REDIS_URL) SCHEDULER_BROKER_PREFIX="test-$$db:" DB_CONN_MAX_AGE=0 \
 	SCHEDULER_VAR_DIR=$$tmp $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; rm -rf $$tmp; exit $$rc
 
 test-embedded: install
 	tmp=$$(mktemp -d) && env -u DATABASE_URL -u CELERY_BROKER_URL \
 	SCHEDULER_VAR_DIR=$$tmp $(PY) -m pytest -q -m e2e $(PYTEST_ARGS); rc=$$?; rm -rf $$tmp; exit $$rc
 
+# The whole issue-9 suite (bench/suite.py); BENCH_ARGS replaces --quick, e.g. BENCH_ARGS="--only latency".
 bench: install
-	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench all $(or $(BENCH_ARGS),--quick)
 
 clean:
 	rm -rf $(VENV) var

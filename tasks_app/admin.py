@@ -101,7 +101,7 @@ def _report(modeladmin: admin.ModelAdmin, request: HttpRequest, done: list[str],
 class WorkerGroupAdmin(admin.ModelAdmin):
     form = WorkerGroupForm
     list_display = ("name", "tool", "enabled", "max_concurrent", "running_count", "queued_count",
-                    "rate_limited_until", "credential_keys")
+                    "rate_limited_until", "heartbeating_workers", "credential_keys")
     list_filter = ("tool", "enabled", "allow_dangerous_flags")
     search_fields = ("name", "account")
     ordering = ("name",)
@@ -119,7 +119,7 @@ class WorkerGroupAdmin(admin.ModelAdmin):
             ]
         return [
             (None, {"fields": ("name", "tool", "account", "max_concurrent", "enabled",
-                               "rate_limited_until")}),
+                               "rate_limited_until", "heartbeating_workers")}),
             ("CLI settings", {"fields": ("env", "extra_args", "allow_dangerous_flags")}),
             ("Credentials", {"fields": ("credential_keys_masked", "credentials_set", "credentials_unset")}),
             ("Audit", {"fields": ("created_at", "updated_at")}),
@@ -129,8 +129,12 @@ class WorkerGroupAdmin(admin.ModelAdmin):
         if obj is None:
             return ()
         # Name, tool and account are the group's identity (and queue name); group_update cannot change them.
-        return ("name", "tool", "account", "rate_limited_until", "credential_keys_masked", "created_at",
-                "updated_at")
+        return ("name", "tool", "account", "rate_limited_until", "heartbeating_workers", "credential_keys_masked",
+                "created_at", "updated_at")
+
+    @admin.display(description="workers heartbeating")
+    def heartbeating_workers(self, group: WorkerGroup) -> str:
+        return ", ".join(selectors.group_heartbeating_workers(group)) or "-"
 
     def save_model(self, request: HttpRequest, obj: WorkerGroup, form: Any, change: bool) -> None:
         """Nothing to do: WorkerGroupForm saved through group_create / group_update while validating."""

@@ -45,3 +45,16 @@ def group_list() -> QuerySet[WorkerGroup]:
         running=Count("tasks", filter=Q(tasks__status__in=ACTIVE_STATUSES)),
         queued=Count("tasks", filter=Q(tasks__status=TaskStatus.QUEUED)),
     ).order_by("name")
+
+
+def group_heartbeating_workers(group: WorkerGroup) -> list[str]:
+    """Workers (hostname:pid) renewing a live lease in this group right now: the boxes working for it."""
+    from django.utils import timezone
+
+    from tasks_app.models import TaskRun
+
+    return sorted(set(
+        TaskRun.objects.filter(worker_group=group, status=TaskRun.Status.RUNNING, task__status=TaskStatus.RUNNING,
+                               task__lease_expires_at__gt=timezone.now())
+        .values_list("worker", flat=True)
+    ))

@@ -31,3 +31,23 @@ def test_live_log_needs_staff(client) -> None:
     task = TaskFactory()
     response = client.get(f"/admin/tasks_app/task/{task.pk}/live-log/")
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_group_pages_show_the_workers_heartbeating_for_it(admin_client) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.factories import WorkerGroupFactory
+
+    group = WorkerGroupFactory(account="main")
+    live = TaskFactory(status="running", worker_group=group, lease_expires_at=timezone.now() + timedelta(minutes=1))
+    TaskRun.objects.create(task=live, attempt=1, lease_token=live.pk, worker_group=group, worker="box-a:101")
+    stale = TaskFactory(status="running", worker_group=group, lease_expires_at=timezone.now() - timedelta(minutes=1))
+    TaskRun.objects.create(task=stale, attempt=1, lease_token=stale.pk, worker_group=group, worker="box-b:202")
+
+    listing = admin_client.get("/admin/tasks_app/workergroup/").content.decode()
+    detail = admin_client.get(f"/admin/tasks_app/workergroup/{group.pk}/change/").content.decode()
+
+    assert "box-a:101" in listing and "box-a:101" in detail
+    assert "box-b:202" not in listing  # its lease expired: not heartbeating any more

@@ -193,3 +193,35 @@ def test_bad_schedule_input_exits_non_zero_and_writes_nothing(argv, message, cap
     assert run(argv) in (1, 2)
     assert message in capsys.readouterr().err
     assert Schedule.objects.count() == 0 and not PeriodicTask.objects.filter(task="workers.fire_schedule").exists()
+
+
+def test_retry_logs_and_files_download(tmp_path, capsys) -> None:
+    from tasks_app.services.dispatch import dispatch_runnable
+    from tasks_app.services.runs import run_finish, run_log_append, run_start
+    from tasks_app.services.tasks import TaskSpec, task_create
+    from workers.executors import ExecutionResult, OutputFile
+
+    WorkerGroupFactory(account="main")
+    task, _ = task_create(spec=TaskSpec(tool="claude", prompt="p", output_files=["out/report.md"], max_attempts=1),
+                          source="cli")
+    (lease,) = dispatch_runnable()
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+    run_log_append(run_id=ctx.run_id, chunks=[("stdout", "working…\n")], first_seq=0)
+
+    assert run(["logs", str(task.pk)]) == 0  # while running: the live output so far
+    assert capsys.readouterr().out == "working…\n"
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w", result=ExecutionResult(
+        command=["claude"], exit_code=1, failure_kind="exit_code", stdout="final out", stderr="boom",
+        error_message="boom", outputs=[OutputFile("out/report.md", b"# partial")]))
+
+    assert run(["logs", str(task.pk)]) == 0  # finished: the stored copies
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("final out", "boom")
+    assert run(["files", str(task.pk), "--download", str(tmp_path / "dl"), "--json"]) == 0
+    assert [f["path"] for f in _json(capsys)] == ["out/report.md"]
+    assert (tmp_path / "dl" / "out" / "report.md").read_bytes() == b"# partial"
+    assert run(["retry", str(task.pk), "--json"]) == 0
+    retried = _json(capsys)
+    assert (retried["status"], Task.objects.get(pk=task.pk).attempts_left) == ("queued", 1)
+    assert run(["retry", str(task.pk)]) == 1
+    assert "only failed or canceled tasks can be retried" in capsys.readouterr().err
