@@ -220,7 +220,7 @@ class FailureKindFilter(admin.SimpleListFilter):
         return queryset.filter(runs__failure_kind=self.value()).distinct()
 
 
-class TaskRunInline(admin.StackedInline):
+class TaskRunInline(ReadOnlyAdminMixin, admin.StackedInline):
     model = TaskRun
     extra = 0
     ordering = ("-attempt",)
@@ -239,14 +239,6 @@ class TaskRunInline(admin.StackedInline):
     def get_queryset(self, request: HttpRequest) -> QuerySet[TaskRun]:
         return super().get_queryset(request).select_related("worker_group")
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="command")
     def command_line(self, run: TaskRun) -> SafeString:
@@ -261,7 +253,7 @@ class TaskRunInline(admin.StackedInline):
         return _pre(run.stderr, truncated=run.stderr_truncated)
 
 
-class TaskFileInline(admin.TabularInline):
+class TaskFileInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = TaskFile
     extra = 0
     fields = ("direction", "path", "size_bytes", "content_type", "attempt", "sha256", "download")
@@ -271,14 +263,6 @@ class TaskFileInline(admin.TabularInline):
     def get_queryset(self, request: HttpRequest) -> QuerySet[TaskFile]:
         return super().get_queryset(request).select_related("run").defer("content")
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="attempt")
     def attempt(self, item: TaskFile) -> int | str:
@@ -289,21 +273,13 @@ class TaskFileInline(admin.TabularInline):
         return _download_link(item)
 
 
-class TaskEventInline(admin.TabularInline):
+class TaskEventInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = TaskEvent
     extra = 0
     ordering = ("created_at", "id")
     fields = ("created_at", "from_status", "to_status", "source", "actor", "reason", "data")
     readonly_fields = fields
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 def _download_link(item: TaskFile) -> SafeString:
@@ -312,7 +288,8 @@ def _download_link(item: TaskFile) -> SafeString:
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    # Tasks are created by API, CLI, schedules and intake, and edited only through services.
     """View-only: status and lifecycle fields change only through the services (the actions below)."""
 
     list_display = ("short_id", "tool", "status", "priority", "tenant", "worker_group", "schedule", "attempts",
@@ -384,15 +361,6 @@ class TaskAdmin(admin.ModelAdmin):
         )
         return response
 
-    # Tasks are created by API, CLI, schedules and intake, and edited only through services.
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
-        return False
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         """Cancel and retry: for staff who may change tasks (the form itself stays read-only)."""
