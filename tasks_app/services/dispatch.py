@@ -41,6 +41,7 @@ from tasks_app.models import (
     ACTIVE_STATUSES,
     ConcurrencyLimit,
     OverlapPolicy,
+    Schedule,
     Task,
     TaskStatus,
     WorkerGroup,
@@ -106,17 +107,27 @@ class Candidate(NamedTuple):
 def candidates(tool: str, wanted: int, now: datetime) -> list[Candidate]:
     """Up to roughly `wanted` runnable tasks of `tool` in dispatch order (priority, tenant turns, age)."""
     ranked: list[tuple[int, int, datetime, Candidate]] = []
+    # Plain SQL: this runs once per tenant per tool on every pass, and compiling the equivalent ORM query cost
+    # more than executing it. It walks task_dispatch_idx for one (tool, tenant) and stops at the limit.
+    sql = f"""
+        SELECT t.id, t.priority, t.created_at, t.model, t.worker_group_id, t.worker_group_pinned, t.schedule_id,
+               s.overlap_policy
+        FROM {Task._meta.db_table} t LEFT JOIN {Schedule._meta.db_table} s ON s.id = t.schedule_id
+        WHERE t.status = %s AND t.tool = %s AND t.tenant = %s
+          AND (t.scheduled_at IS NULL OR t.scheduled_at <= %s)
+          AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= %s)
+        ORDER BY t.priority DESC, t.created_at ASC
+        LIMIT %s
+    """  # noqa: S608 - table names come from the models, values are parameters
+    at = connection.ops.adapt_datetimefield_value(now)
     for tenant in queued_tenants(tool):
-        rows = (
-            Task.objects.filter(status=TaskStatus.QUEUED, tool=tool, tenant=tenant)
-            .filter(runnable_filter(now))
-            .order_by("-priority", "created_at")
-            .values_list("id", "priority", "created_at", "model", "worker_group_id", "worker_group_pinned",
-                         "schedule_id", "schedule__overlap_policy")[: wanted + SLACK_PER_TENANT]
-        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [TaskStatus.QUEUED, tool, tenant, at, at, wanted + SLACK_PER_TENANT])
+            rows = cursor.fetchall()
         turn: Counter[int] = Counter()
-        for row in rows:
-            task = Candidate(*row)
+        for pk, priority, created_at, model, group_id, pinned, schedule_id, policy in rows:
+            task = Candidate(uuid.UUID(str(pk)), priority, created_at, model, group_id, bool(pinned), schedule_id,
+                             policy)
             turn[task.priority] += 1
             ranked.append((-task.priority, turn[task.priority], task.created_at, task))
     ranked.sort(key=lambda item: item[:3])
