@@ -75,3 +75,24 @@ def run_cli(counter: str) -> None:
     if done.returncode != 0:  # not counted: the bench then times out instead of reporting a false rate
         raise RuntimeError(f"stand-in CLI exited {done.returncode}: {done.stderr[-500:]!r}")
     record_completion(counter)
+
+
+# The issue-9 baselines: the same stand-in as a group's CLI, steered by the same prompt (its `FAKE:` line), with
+# the same minimal environment plus FAKE_CLI_LOG, so its own start/end lines time it exactly as in the pipeline.
+FAKE_ENV_NAMES = ("PATH", "HOME", "LANG")
+
+
+@app.task(name="bench.bare.run_fake", ignore_result=True)
+def run_fake(prompt: str, fake_log: str, counter: str = "") -> None:
+    """What a plain Celery task would do: run the CLI, capture its output (`subprocess.run`), count it."""
+    env = {name: os.environ[name] for name in FAKE_ENV_NAMES if name in os.environ}
+    env["FAKE_CLI_LOG"] = fake_log
+    done = subprocess.run(
+        [str(ROOT / FAKE_CLAUDE), "-p", "--output-format", "json"], input=prompt.encode(), capture_output=True,
+        timeout=600, start_new_session=True, cwd=ROOT, env=env, check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"stand-in CLI exited {done.returncode}: {done.stderr[-500:]!r}")
+    del done  # the captured output goes before the completion is counted, as a real task's result would
+    if counter:
+        record_completion(counter)

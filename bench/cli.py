@@ -1,7 +1,8 @@
 """`python -m bench`: jobs/s of the full pipeline against a bare Celery task running the same stand-in CLI.
 
-Subcommands: `python -m bench api` (API latency, bench/api.py) and `python -m bench deep` (dispatch over a
-deep queue, bench/deep.py); each has its own `--help`.
+Subcommands, each with its own `--help`: `api` (API latency, bench/api.py), `deep` (dispatch over a deep queue,
+bench/deep.py), `latency` (dispatch latency), `footprint` (worker RSS), `fairness` (two tenants) and `all` (the
+whole issue-9 suite with one summary table, bench/suite.py; `--quick` fits in well under 15 minutes).
 """
 
 from __future__ import annotations
@@ -329,7 +330,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-SUBCOMMANDS = ("api", "deep")
+SUBCOMMANDS = {"api": "api", "deep": "deep", "latency": "latency", "footprint": "footprint",
+               "fairness": "fairness", "all": "suite"}  # subcommand -> module in bench/
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         from importlib import import_module
 
-        return import_module(f"bench.{argv[0]}").main(argv[1:])
+        return import_module(f"bench.{SUBCOMMANDS[argv[0]]}").main(argv[1:])
     args = parse_args(argv)
     warmup = args.warmup if args.warmup is not None else 2 * args.concurrency
     timeout = args.timeout or 60.0 + args.n

@@ -127,6 +127,46 @@ class Stack:
             raise RuntimeError(f"worker {name} exited with {proc.returncode}:\n{output}")
         return worker
 
+    def start_beat(self, extra_env: dict[str, str] | None = None) -> Worker:
+        """The product's beat (django-celery-beat's DatabaseScheduler), as tests/conftest.py starts it."""
+        log = self.var_dir / "beat.log"
+        console_path = self.var_dir / "beat.out"
+        with console_path.open("wb") as console:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "workers", "beat", "-S",
+                 "django_celery_beat.schedulers:DatabaseScheduler", "-s", str(self.var_dir / "beat-db"),
+                 "--loglevel", "INFO", "-f", str(log)],
+                cwd=ROOT, env={**self.env(), **(extra_env or {})}, stdout=console, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        beat = Worker(name="beat", proc=proc, log=log)
+        self.workers.append(beat)  # stopped with the workers
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and not (log.exists() and "beat: Starting..." in log.read_text(errors="replace")):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"beat not ready after 60 s; see {log}")
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            output = console_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"beat exited with {proc.returncode}:\n{output}")
+        return beat
+
+    def stop_worker(self, name: str) -> None:
+        """Stop one worker (or the beat) of the run: SIGTERM to its process group, SIGKILL after 15 s."""
+        worker = self.worker(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.proc.pid, signal.SIGTERM)
+        try:
+            worker.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.proc.pid, signal.SIGKILL)
+            worker.proc.wait(timeout=5)
+        self.workers.remove(worker)
+
+    def worker(self, name: str) -> Worker:
+        return next(w for w in self.workers if w.name == name)
+
     def stop_workers(self) -> None:
         for worker in self.workers:
             with contextlib.suppress(ProcessLookupError):
@@ -144,6 +184,18 @@ class Stack:
         return {w.name: tree_cpu_seconds(w.proc.pid) for w in self.workers}
 
     # --- redis ---------------------------------------------------------------------------------------
+    def delete_redis_keys_matching(self, pattern: str) -> int:
+        """Delete this run's keys `<prefix><pattern>` (SCAN MATCH; nothing outside the prefix)."""
+        if self.embedded:
+            return 0
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{self.prefix}{pattern}", count=500))
+        deleted = client.delete(*keys) if keys else 0
+        client.close()
+        return deleted
+
     def delete_redis_keys(self) -> int:
         if self.embedded:
             return 0
