@@ -104,8 +104,13 @@ class Candidate(NamedTuple):
     overlap_policy: str | None
 
 
-def candidates(tool: str, wanted: int, now: datetime) -> list[Candidate]:
-    """Up to roughly `wanted` runnable tasks of `tool` in dispatch order (priority, tenant turns, age)."""
+def candidates(tool: str, wanted: int, now: datetime, *, tenant_load: dict[str, int] | None = None) -> list[Candidate]:
+    """Up to roughly `wanted` runnable tasks of `tool` in dispatch order: priority, then tenant turns, then age.
+
+    A tenant's turn counts the tasks it already has leased or running (`tenant_load`), so fairness holds across
+    passes too: when one slot frees, a tenant holding none goes before one holding several.
+    """
+    tenant_load = tenant_load or {}
     ranked: list[tuple[int, int, datetime, Candidate]] = []
     # Plain SQL: this runs once per tenant per tool on every pass, and compiling the equivalent ORM query cost
     # more than executing it. It walks task_dispatch_idx for one (tool, tenant) and stops at the limit.
@@ -124,7 +129,7 @@ def candidates(tool: str, wanted: int, now: datetime) -> list[Candidate]:
         with connection.cursor() as cursor:
             cursor.execute(sql, [TaskStatus.QUEUED, tool, tenant, at, at, wanted + SLACK_PER_TENANT])
             rows = cursor.fetchall()
-        turn: Counter[int] = Counter()
+        turn: Counter[int] = Counter({priority: tenant_load.get(tenant, 0) for priority in range(1, 10)})
         for pk, priority, created_at, model, group_id, pinned, schedule_id, policy in rows:
             task = Candidate(uuid.UUID(str(pk)), priority, created_at, model, group_id, bool(pinned), schedule_id,
                              policy)
@@ -184,7 +189,9 @@ def dispatch_runnable(*, now: datetime | None = None) -> list[Lease]:
             capacity = sum(max(free[g.pk], 0) for g in tool_groups)
             if capacity <= 0:
                 continue
-            for task in candidates(tool, capacity, now):
+            load = dict(Task.objects.filter(status__in=ACTIVE_STATUSES, tool=tool).values_list("tenant")
+                        .annotate(n=Count("id")).order_by())
+            for task in candidates(tool, capacity, now, tenant_load=load):
                 if capacity <= 0:
                     break
                 if task.schedule_id is not None and task.schedule_id in busy_schedules:

@@ -30,7 +30,7 @@ from tasks_app.models import (
     TaskStatus,
     WorkerGroup,
 )
-from tasks_app.services.tasks import stored_file, task_transition
+from tasks_app.services.tasks import request_dispatch, stored_file, task_transition
 from workers.executors.base import Control, ExecutionResult
 
 logger = logging.getLogger(__name__)
@@ -220,12 +220,14 @@ def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_
         # takes nothing until its reset); a pinned one has to wait for it.
         wait_for_reset = retry_after if task.worker_group_pinned else None
         delay = backoff_seconds(task.attempt - task.attempt_base, wait_for_reset)
+        retry_at = now + timedelta(seconds=delay)
+        transaction.on_commit(lambda: request_dispatch(at=retry_at))
         task_transition(
             task_id=task.pk, to=TaskStatus.QUEUED, source=EventSource.WORKER if actor else EventSource.SYSTEM,
             actor=actor, reason=f"attempt {run.attempt} failed ({kind}): retrying in {delay:.0f}s",
             data={**data, "retry_in_seconds": round(delay, 3)},
             updates={
-                "next_attempt_at": now + timedelta(seconds=delay), "error_message": message,
+                "next_attempt_at": retry_at, "error_message": message,
                 # An unpinned task may move to another account of its tool.
                 "worker_group": task.worker_group if task.worker_group_pinned else None,
                 **_lease_cleared(),

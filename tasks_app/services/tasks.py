@@ -10,7 +10,7 @@ import mimetypes
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -270,7 +270,7 @@ def task_create(
             TaskFile.objects.bulk_create(file_rows)
             _event(task, "", TaskStatus.QUEUED, source=source, actor=created_by, reason=reason or "created",
                    data=event_data)
-            transaction.on_commit(request_dispatch)
+            transaction.on_commit(lambda: request_dispatch(at=spec.scheduled_at))
     except IntegrityError:
         # Two identical requests raced past the first lookup; the unique constraint let one win.
         if spec.idempotency_key:
@@ -427,8 +427,21 @@ def task_retry(*, task_id: Any, source: str, actor: str = "", reason: str = "") 
     return task
 
 
-def request_dispatch() -> None:
-    """Ask the control queue for a dispatch pass (after commit, so the pass sees the new rows)."""
+ETA_WAKEUP_HORIZON = timedelta(hours=1)
+
+
+def request_dispatch(at: datetime | None = None) -> None:
+    """Ask the control queue for a dispatch pass (after commit, so the pass sees the new rows).
+
+    With `at` (a task's scheduled_at or retry time) the pass is asked for at that moment, so the task starts on
+    time rather than at the next safety-net tick. Only a dispatch message carries an ETA, never an execute
+    message: a dispatch pass is idempotent, so an ETA message lost or redelivered by the broker costs nothing,
+    and ones further away than an hour are left to the tick.
+    """
     from workers.tasks import dispatch_task
 
-    dispatch_task.apply_async(queue="control")
+    delay = (at - timezone.now()) if at is not None else None
+    if delay is None or delay.total_seconds() <= 0:
+        dispatch_task.apply_async(queue="control")
+    elif delay <= ETA_WAKEUP_HORIZON:
+        dispatch_task.apply_async(queue="control", eta=at)

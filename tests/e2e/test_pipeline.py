@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
 from tasks_app.models import Task, TaskEvent, TaskFile, TaskRun
 from tasks_app.services.groups import group_create
@@ -34,7 +36,8 @@ def schedulerctl(workers: WorkerProcesses, *args: str) -> subprocess.CompletedPr
 
 def wait_terminal(*task_ids, timeout: float = 60.0) -> list[Task]:
     def done():
-        tasks = list(Task.objects.filter(pk__in=task_ids))
+        by_id = {t.pk: t for t in Task.objects.filter(pk__in=task_ids)}
+        tasks = [by_id[pk] for pk in task_ids if pk in by_id]  # in the order asked for
         return tasks if len(tasks) == len(task_ids) and all(t.status in TERMINAL for t in tasks) else None
 
     return wait_until(done, timeout=timeout, interval=0.1, message=f"{len(task_ids)} task(s) to finish")
@@ -207,3 +210,25 @@ def test_a_missing_cli_fails_the_task_with_a_clear_recorded_reason(workers: Work
     assert (run.failure_kind, run.exit_code) == ("cli_missing", None)
     assert task.error_message == "/opt/not-installed/gemini not found: set SCHEDULER_GEMINI_BIN or install gemini"
     assert "not retryable" in TaskEvent.objects.filter(task=task).last().reason
+
+
+def test_scheduled_and_backed_off_tasks_start_on_time_without_waiting_for_a_tick(
+    workers: WorkerProcesses, tmp_path: Path
+) -> None:
+    # No beat runs here: nothing but the wake-ups sent after commit can start these tasks.
+    env = {"SCHEDULER_RETRY_BASE_SECONDS": "1", "SCHEDULER_RETRY_MAX_SECONDS": "2",
+           "FAKE_CLI_STATE": str(tmp_path)}
+    group_create(tool="claude", account="main", max_concurrent=2, env={"FAKE_CLI_STATE": str(tmp_path)})
+    workers.start("control", concurrency=1, env=env)
+    workers.start("claude-main", concurrency=2, env=env)
+    at = timezone.now() + timedelta(seconds=2)
+
+    later, _ = task_create(spec=TaskSpec(tool="claude", prompt=fake("later"), scheduled_at=at), source="api")
+    flaky, _ = task_create(spec=TaskSpec(tool="claude", prompt=fake(
+        "flaky", scenario="provider_error", once_key=f"flaky-{tmp_path.name}")), source="api")
+    later, flaky = wait_terminal(later.pk, flaky.pk, timeout=60)
+
+    assert later.status == "succeeded" and later.started_at >= at
+    assert flaky.status == "succeeded"
+    assert list(TaskRun.objects.filter(task=flaky).order_by("attempt").values_list("failure_kind", flat=True)) == [
+        "provider_error", ""]

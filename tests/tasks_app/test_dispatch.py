@@ -70,6 +70,30 @@ def test_tenants_take_turns_within_a_priority() -> None:
     assert queued_tenants("claude") == ["big"]
 
 
+def test_a_freed_slot_goes_to_the_tenant_holding_fewer_slots() -> None:
+    group = WorkerGroupFactory(max_concurrent=2)
+    now = timezone.now()
+    TaskFactory(tenant="big", status="running", worker_group=group)
+    backlog = [TaskFactory(tenant="big", created_at=now - timedelta(minutes=30 - i)) for i in range(10)]
+    newcomer = TaskFactory(tenant="small", created_at=now)
+
+    (lease,) = dispatch_runnable()  # one slot free
+
+    assert lease.task_id == newcomer.pk
+    assert not {t.pk for t in backlog} & _leased_ids()
+
+
+def test_priority_still_beats_tenant_turns() -> None:
+    group = WorkerGroupFactory(max_concurrent=2)
+    TaskFactory(tenant="big", status="running", worker_group=group)
+    urgent = TaskFactory(tenant="big", priority=9)
+    TaskFactory(tenant="small", priority=5)
+
+    (lease,) = dispatch_runnable()
+
+    assert lease.task_id == urgent.pk
+
+
 def test_skips_tasks_not_yet_runnable_and_other_tools() -> None:
     WorkerGroupFactory(max_concurrent=5)
     later = TaskFactory(scheduled_at=timezone.now() + timedelta(hours=1))
