@@ -38,6 +38,7 @@ from tasks_app.models import (
     Task,
     TaskEvent,
     TaskFile,
+    TaskLogChunk,
     TaskRun,
     TaskStatus,
     WorkerGroup,
@@ -833,3 +834,18 @@ class MembershipAdmin(admin.ModelAdmin):
     list_display = ("user", "tenant")
     search_fields = ("user__username", "tenant")
     list_filter = ("tenant",)
+
+
+@admin.register(TaskLogChunk)
+class TaskLogChunkAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Live output as the workers flushed it (pruned after SCHEDULER_LIVE_LOG_RETENTION_HOURS)."""
+
+    list_display = ("run", "seq", "stream", "excerpt", "created_at")
+    list_filter = ("stream", "created_at")
+    list_select_related = ("run",)
+    search_fields = ("run__task__id",)
+    ordering = ("-created_at", "-seq")
+
+    @admin.display(description="data")
+    def excerpt(self, chunk: TaskLogChunk) -> str:
+        return chunk.data[:120]

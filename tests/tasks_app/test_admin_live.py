@@ -51,3 +51,13 @@ def test_group_pages_show_the_workers_heartbeating_for_it(admin_client) -> None:
 
     assert "box-a:101" in listing and "box-a:101" in detail
     assert "box-b:202" not in listing  # its lease expired: not heartbeating any more
+
+
+def test_every_model_is_in_the_admin_and_its_changelist_renders(admin_client) -> None:
+    from django.apps import apps
+    from django.contrib import admin
+
+    for model in apps.get_app_config("tasks_app").get_models():
+        assert admin.site.is_registered(model), model.__name__
+        url = f"/admin/tasks_app/{model._meta.model_name}/"
+        assert admin_client.get(url).status_code == 200, url
