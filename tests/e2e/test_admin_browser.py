@@ -26,7 +26,7 @@ def test_admin_task_page_shows_new_output_without_reloading(workers: WorkerProce
     group_create(tool="claude", account="main")
     workers.start("control", concurrency=1, env={"SCHEDULER_CANCEL_POLL_SECONDS": "0.2"})
     workers.start("claude-main", concurrency=1, env={"SCHEDULER_CANCEL_POLL_SECONDS": "0.2"})
-    task, _ = task_create(spec=TaskSpec(tool="claude", prompt=fake("watch me", stdout_bytes=300, sleep=5)),
+    task, _ = task_create(spec=TaskSpec(tool="claude", prompt=fake("watch me", stdout_bytes=300, sleep=15)),
                           source="api")
     wait_until(lambda: task.runs.exists(), timeout=30, message="the run to start")
 

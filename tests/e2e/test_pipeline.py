@@ -36,8 +36,8 @@ def schedulerctl(workers: WorkerProcesses, *args: str) -> subprocess.CompletedPr
 
 def wait_terminal(*task_ids, timeout: float = 60.0) -> list[Task]:
     def done():
-        by_id = {t.pk: t for t in Task.objects.filter(pk__in=task_ids)}
-        tasks = [by_id[pk] for pk in task_ids if pk in by_id]  # in the order asked for
+        by_id = {str(t.pk): t for t in Task.objects.filter(pk__in=task_ids)}
+        tasks = [by_id[str(pk)] for pk in task_ids if str(pk) in by_id]  # in the order asked for
         return tasks if len(tasks) == len(task_ids) and all(t.status in TERMINAL for t in tasks) else None
 
     return wait_until(done, timeout=timeout, interval=0.1, message=f"{len(task_ids)} task(s) to finish")
