@@ -372,11 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only != "pipeline":
             bare = run_bare(stack, **common)
     except (RuntimeError, KeyboardInterrupt) as exc:
-        console.print(f"[red]bench failed:[/] {exc}")
-        for worker in stack.workers:
-            if worker.log.exists():
-                console.print(f"--- {worker.log.name}\n{worker.log.read_text(errors='replace')[-3000:]}")
-        return 1
+        return stack.report_failure(console, "bench", exc)
     finally:
         stack.close()
     report(pipeline, bare, n=args.n, concurrency=args.concurrency, mode=mode)

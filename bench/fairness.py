@@ -183,11 +183,7 @@ def main(argv: list[str]) -> int:
         bare_run.a_rate = (len(a_starts) - 1) / (a_starts[-1] - a_starts[0])  # FIFO: the whole backlog's rate
         progress(console, bare_run)
     except (RuntimeError, KeyboardInterrupt) as exc:
-        console.print(f"[red]bench fairness failed:[/] {exc}")
-        for worker in stack.workers:
-            if worker.log.exists():
-                console.print(f"--- {worker.log.name}\n{worker.log.read_text(errors='replace')[-3000:]}")
-        return 1
+        return stack.report_failure(console, "bench fairness", exc)
     finally:
         stack.close()
     elapsed = time.monotonic() - started

@@ -202,11 +202,7 @@ def main(argv: list[str]) -> int:
             bare_serial.runs.append(bare_serial_run(f"bare-serial-{r}", args.n))
             progress(console, bare_serial, r)
     except (RuntimeError, KeyboardInterrupt) as exc:
-        console.print(f"[red]bench latency failed:[/] {exc}")
-        for worker in stack.workers:
-            if worker.log.exists():
-                console.print(f"--- {worker.log.name}\n{worker.log.read_text(errors='replace')[-3000:]}")
-        return 1
+        return stack.report_failure(console, "bench latency", exc)
     finally:
         stack.close()
     elapsed = time.monotonic() - started

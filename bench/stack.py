@@ -214,6 +214,15 @@ class Stack:
         client.close()
         return deleted
 
+    def report_failure(self, console: object, label: str, exc: BaseException) -> int:
+        """Say why a bench part failed, with the tail of each worker's log; returns the exit code (1)."""
+        console.print(f"[red]{label} failed:[/] {exc}")  # type: ignore[attr-defined]
+        for worker in self.workers:
+            if worker.log.exists():
+                console.print(  # type: ignore[attr-defined]
+                    f"--- {worker.log.name}\n{worker.log.read_text(errors='replace')[-3000:]}")
+        return 1
+
     def close(self) -> None:
         """Everything this run made goes, whatever failed before."""
         self.stop_workers()
