@@ -28,10 +28,10 @@ from tasks_app import logstream, selectors, stats, svg, timing
 from tasks_app.crypto import CredentialsUnreadable
 from tasks_app.forms import ConcurrencyLimitForm, ScheduleForm, WorkerGroupForm
 from tasks_app.models import (
+    FAILURE_KIND_CHOICES,
     ApiToken,
     ConcurrencyLimit,
     EventSource,
-    FailureKind,
     Membership,
     Schedule,
     ScheduleFiring,
@@ -215,7 +215,7 @@ class FailureKindFilter(admin.SimpleListFilter):
     parameter_name = "failure_kind"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return list(FailureKind.choices)
+        return FAILURE_KIND_CHOICES
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() is None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from tasks_app.services.enqueue import broker_check
+
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    from workers.celery import app
-
     checks: dict[str, str] = {}
     try:
         with connection.cursor() as cursor:
@@ -17,8 +17,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
     try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
+        broker_check(timeout=2)
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"error: {type(exc).__name__}"

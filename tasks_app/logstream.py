@@ -9,7 +9,8 @@ from typing import Any
 
 from django.db import close_old_connections
 
-from tasks_app.models import TERMINAL_STATUSES, Task, TaskLogChunk, TaskRun
+from tasks_app.models import TERMINAL_STATUSES
+from tasks_app.selectors import run_log_chunks, task_latest_run, task_status
 
 
 @dataclass(frozen=True)
@@ -17,10 +18,6 @@ class LogEvent:
     kind: str  # "attempt", "stdout", "stderr", "end" or "timeout"
     data: str
     seq: int | None = None
-
-
-def chunks_after(run_id: int, after: int, limit: int = 500) -> list[TaskLogChunk]:
-    return list(TaskLogChunk.objects.filter(run_id=run_id, seq__gte=after).order_by("seq")[:limit])
 
 
 def follow(task_id: Any, *, after: int = 0, poll_seconds: float = 0.5, max_seconds: float = 3600.0,
@@ -33,23 +30,23 @@ def follow(task_id: Any, *, after: int = 0, poll_seconds: float = 0.5, max_secon
     deadline = time.monotonic() + max_seconds
     run_id: int | None = None
     while True:
-        task = Task.objects.only("status").get(pk=task_id)
-        latest = TaskRun.objects.filter(task_id=task_id).order_by("-attempt").values_list("pk", "attempt").first()
-        if latest is not None and latest[0] != run_id and (run_id is None or follow_retries):
+        status = task_status(task_id=task_id)
+        latest = task_latest_run(task_id=task_id)
+        if latest is not None and latest.pk != run_id and (run_id is None or follow_retries):
             if run_id is not None:
                 after = 0
-            run_id = latest[0]
-            yield LogEvent("attempt", str(latest[1]))
+            run_id = latest.pk
+            yield LogEvent("attempt", str(latest.attempt))
         if run_id is not None:
-            while chunks := chunks_after(run_id, after):
+            while chunks := run_log_chunks(run_id=run_id, after=after):
                 for chunk in chunks:
                     yield LogEvent(chunk.stream, chunk.data, chunk.seq)
                 after = chunks[-1].seq + 1
-        if task.status in TERMINAL_STATUSES:
-            yield LogEvent("end", task.status)
+        if status in TERMINAL_STATUSES:
+            yield LogEvent("end", status)
             return
         if time.monotonic() >= deadline:
-            yield LogEvent("timeout", task.status)
+            yield LogEvent("timeout", status)
             return
         close_old_connections()
         time.sleep(poll_seconds)

@@ -1,4 +1,4 @@
-"""CLI Scheduler's tables (SPEC §2). Status changes go through `tasks_app.services.tasks.task_transition`."""
+"""CLI Scheduler's tables (SPEC §2). Status changes go through `tasks_app.transitions.task_transition`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from executors.base import FailureKind
 from tasks_app import crypto
 
 
@@ -42,19 +43,9 @@ class EventSource(models.TextChoices):
     INTAKE = "intake", "intake"
 
 
-class FailureKind(models.TextChoices):
-    RATE_LIMITED = "rate_limited", "rate limited"
-    PROVIDER_ERROR = "provider_error", "provider error"
-    TIMEOUT = "timeout", "timeout"
-    EXIT_CODE = "exit_code", "exit code"
-    AUTH = "auth", "auth"
-    CLI_MISSING = "cli_missing", "CLI missing"
-    WORKER_LOST = "worker_lost", "worker lost"
-    CANCELED = "canceled", "canceled"
-    INTERNAL = "internal", "internal"
-
-
-RETRYABLE_FAILURES = frozenset({FailureKind.RATE_LIMITED, FailureKind.PROVIDER_ERROR, FailureKind.WORKER_LOST})
+# The executors own the list of failure kinds (they produce them); the model's choices are that list, so a kind
+# the executors report is always one the database accepts and the retry policy knows.
+FAILURE_KIND_CHOICES = [(kind.value, kind.label) for kind in FailureKind]
 
 
 class WorkerGroup(models.Model):
@@ -197,6 +188,12 @@ class Task(models.Model):
     lease_token = models.UUIDField(null=True, blank=True, editable=False)
     lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     cancel_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Who asked for the cancel of a running task: the worker ends the task canceled in their name. Kept out of
+    # `metadata`, which clients write.
+    cancel_source = models.CharField(max_length=16, choices=EventSource.choices, blank=True, default="",
+                                     editable=False)
+    cancel_actor = models.CharField(max_length=200, blank=True, default="", editable=False)
+    cancel_reason = models.TextField(blank=True, default="", editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -287,7 +284,7 @@ class TaskRun(models.Model):
     stdout_truncated = models.BooleanField(default=False)
     stderr = models.TextField(blank=True, default="")
     stderr_truncated = models.BooleanField(default=False)
-    failure_kind = models.CharField(max_length=20, choices=FailureKind.choices, blank=True, default="")
+    failure_kind = models.CharField(max_length=20, choices=FAILURE_KIND_CHOICES, blank=True, default="")
     retry_after_seconds = models.FloatField(null=True, blank=True)
     input_tokens = models.BigIntegerField(null=True, blank=True)
     output_tokens = models.BigIntegerField(null=True, blank=True)

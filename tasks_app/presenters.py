@@ -1,10 +1,12 @@
-"""Plain-dict views of the models, for `--json` output (credentials appear only as key names)."""
+"""One plain-dict shape per entity, for `schedulerctl --json` and anything else that is not the API (which
+has its serializers). Credentials appear only as key names, token keys never."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tasks_app.models import Task, TaskEvent, TaskFile, TaskRun, WorkerGroup
+from tasks_app import selectors, timing
+from tasks_app.models import ApiToken, Schedule, Task, TaskEvent, TaskFile, TaskRun, WorkerGroup
 
 
 def _iso(value: Any) -> str | None:
@@ -38,9 +40,9 @@ def task_dict(task: Task, *, detail: bool = False) -> dict[str, Any]:
             output_files=task.output_files,
             result=task.result,
             metadata=task.metadata,
-            files=[file_dict(f) for f in task.files.all()],
-            runs=[run_dict(r) for r in task.runs.order_by("-attempt")],
-            events=[event_dict(e) for e in task.events.order_by("created_at", "id")],
+            files=[file_dict(f) for f in selectors.task_files(task_id=task.pk)],
+            runs=[run_dict(r) for r in selectors.task_runs(task_id=task.pk)],
+            events=[event_dict(e) for e in selectors.task_events(task_id=task.pk)],
         )
     return data
 
@@ -108,4 +110,47 @@ def group_dict(group: WorkerGroup) -> dict[str, Any]:
         "env": group.env,
         "allow_dangerous_flags": group.allow_dangerous_flags,
         "extra_args": group.extra_args,
+    }
+
+
+def schedule_dict(schedule: Schedule) -> dict[str, Any]:
+    """The API's schedule shape (ScheduleSerializer), so `--json` and the API agree."""
+    return {
+        "id": schedule.pk,
+        "name": schedule.name,
+        "tenant": schedule.tenant,
+        "created_by": schedule.created_by,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "interval_seconds": schedule.interval_seconds,
+        "run_at": _iso(schedule.run_at),
+        "overlap_policy": schedule.overlap_policy,
+        "enabled": schedule.enabled,
+        "tool": schedule.tool,
+        "model": schedule.model,
+        "prompt": schedule.prompt,
+        "input_files": [item["path"] for item in schedule.input_files],
+        "output_files": schedule.output_files,
+        "priority": schedule.priority,
+        "max_attempts": schedule.max_attempts,
+        "timeout_seconds": schedule.timeout_seconds,
+        "worker_group": schedule.worker_group.name if schedule.worker_group_id else None,
+        "next_run_at": _iso(schedule.next_run_at),
+        "next_run_at_local": _iso(timing.local(schedule.next_run_at, schedule.timezone)),
+        "last_fired_at": _iso(schedule.last_fired_at),
+        "created_at": _iso(schedule.created_at),
+        "updated_at": _iso(schedule.updated_at),
+    }
+
+
+def token_dict(token: ApiToken) -> dict[str, Any]:
+    """A token's metadata: the key itself is shown once, at creation, and never stored."""
+    return {
+        "id": token.pk,
+        "user": token.user.get_username(),
+        "name": token.name,
+        "prefix": token.prefix,
+        "created_at": _iso(token.created_at),
+        "last_used_at": _iso(token.last_used_at),
+        "revoked": token.revoked_at is not None,
     }

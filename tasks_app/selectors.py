@@ -6,8 +6,21 @@ import uuid
 from typing import Any
 
 from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
 
-from tasks_app.models import ACTIVE_STATUSES, Task, TaskStatus, WorkerGroup
+from tasks_app.models import (
+    ACTIVE_STATUSES,
+    ApiToken,
+    Schedule,
+    ScheduleFiring,
+    Task,
+    TaskEvent,
+    TaskFile,
+    TaskLogChunk,
+    TaskRun,
+    TaskStatus,
+    WorkerGroup,
+)
 
 
 def task_list(*, tenant: str | None = None, status: str | None = None, tool: str | None = None,
@@ -40,6 +53,38 @@ def task_get(*, task_id: Any, tenant: str | None = None) -> Task | None:
     return matches[0] if len(matches) == 1 else None
 
 
+def task_status(*, task_id: Any) -> str:
+    """The task's status alone (raises Task.DoesNotExist)."""
+    return Task.objects.values_list("status", flat=True).get(pk=task_id)
+
+
+def task_latest_run(*, task_id: Any) -> TaskRun | None:
+    """The task's most recent attempt (the one running, or the last to finish)."""
+    return TaskRun.objects.select_related("worker_group").filter(task_id=task_id).order_by("-attempt").first()
+
+
+def task_runs(*, task_id: Any) -> QuerySet[TaskRun]:
+    return TaskRun.objects.select_related("worker_group").filter(task_id=task_id).order_by("-attempt")
+
+
+def task_events(*, task_id: Any) -> QuerySet[TaskEvent]:
+    return TaskEvent.objects.filter(task_id=task_id).order_by("created_at", "id")
+
+
+def task_files(*, task_id: Any) -> QuerySet[TaskFile]:
+    """Inputs then outputs, by path; for one path the newest first (a retried attempt's output)."""
+    return TaskFile.objects.select_related("run").filter(task_id=task_id).order_by("direction", "path", "-id")
+
+
+def run_log_chunks(*, run_id: int, after: int = 0, limit: int = 500) -> list[TaskLogChunk]:
+    """Live output of one attempt from sequence number `after` on, in order."""
+    return list(TaskLogChunk.objects.filter(run_id=run_id, seq__gte=after).order_by("seq")[:limit])
+
+
+def group_get(*, name: str) -> WorkerGroup | None:
+    return WorkerGroup.objects.filter(name=name).first()
+
+
 def group_list() -> QuerySet[WorkerGroup]:
     return WorkerGroup.objects.annotate(
         running=Count("tasks", filter=Q(tasks__status__in=ACTIVE_STATUSES)),
@@ -49,12 +94,44 @@ def group_list() -> QuerySet[WorkerGroup]:
 
 def group_heartbeating_workers(group: WorkerGroup) -> list[str]:
     """Workers (hostname:pid) renewing a live lease in this group right now: the boxes working for it."""
-    from django.utils import timezone
-
-    from tasks_app.models import TaskRun
-
     return sorted(set(
         TaskRun.objects.filter(worker_group=group, status=TaskRun.Status.RUNNING, task__status=TaskStatus.RUNNING,
                                task__lease_expires_at__gt=timezone.now())
         .values_list("worker", flat=True)
     ))
+
+
+def task_attempts_running(*, task_ids: set[Any]) -> set[tuple[str, int]]:
+    """(task id as text, attempt) of those tasks that are running now: the work dirs still in use."""
+    return {(str(pk), attempt) for pk, attempt in
+            Task.objects.filter(pk__in=task_ids, status=TaskStatus.RUNNING).values_list("pk", "attempt")}
+
+
+def schedule_list(*, tenant: str | None = None) -> QuerySet[Schedule]:
+    qs = Schedule.objects.select_related("worker_group").order_by("name")
+    return qs if tenant is None else qs.filter(tenant=tenant)
+
+
+def schedule_get(*, ref: str, tenant: str | None = None) -> Schedule | None:
+    """By id, or by name within the tenant."""
+    qs = schedule_list(tenant=tenant)
+    ref = str(ref)
+    return (qs.filter(pk=int(ref)).first() if ref.isdigit() else None) or qs.filter(name=ref).first()
+
+
+def schedule_tasks(*, schedule: Schedule) -> QuerySet[Task]:
+    """The tasks a schedule spawned, newest first."""
+    return Task.objects.filter(schedule=schedule).select_related("worker_group").order_by("-created_at")
+
+
+def schedule_firings(*, schedule: Schedule) -> QuerySet[ScheduleFiring]:
+    return ScheduleFiring.objects.filter(schedule=schedule).select_related("task").order_by("-fire_time")
+
+
+def token_list(*, username: str | None = None) -> QuerySet[ApiToken]:
+    qs = ApiToken.objects.select_related("user").order_by("id")
+    return qs if not username else qs.filter(user__username=username)
+
+
+def token_get(*, token_id: int) -> ApiToken | None:
+    return ApiToken.objects.select_related("user").filter(pk=token_id).first()

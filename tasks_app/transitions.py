@@ -1,8 +1,22 @@
-"""The task lifecycle (SPEC §3) as one table. `task_transition` is the only writer of Task.status."""
+"""The task lifecycle (SPEC §3) as one table, and the only writers of Task.status.
+
+`task_transition` moves one task (locking its row unless the caller already holds the lock), `task_lease_batch`
+moves a dispatcher's batch queued → leased; both write the TaskEvent in the same transaction. Row locks are
+taken once per transition: a service that must read the row before deciding takes it with `task_lock` and
+passes the locked instance on.
+"""
 
 from __future__ import annotations
 
-from tasks_app.models import TaskStatus
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from tasks_app.models import EventSource, Task, TaskEvent, TaskStatus, WorkerGroup
 
 Q, L, R = TaskStatus.QUEUED, TaskStatus.LEASED, TaskStatus.RUNNING
 S, F, C = TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED
@@ -31,3 +45,104 @@ class InvalidTransition(Exception):
 def check_transition(from_status: str, to_status: str) -> None:
     if to_status not in ALLOWED_TRANSITIONS.get(from_status, frozenset()):
         raise InvalidTransition(from_status, to_status)
+
+
+class TaskStateError(Exception):
+    """The requested action does not fit the task's current status."""
+
+
+def _require_transaction(what: str) -> None:
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError(f"{what} must run inside the caller's transaction, which holds the row lock")
+
+
+def task_lock(*, task_id: Any) -> Task | None:
+    """The task's row, locked until the caller's transaction ends (None if there is no such task)."""
+    _require_transaction("task_lock")
+    return Task.objects.select_for_update().filter(pk=task_id).first()
+
+
+def task_event_add(*, task: Task, to: str | None = None, source: str, actor: str = "", reason: str = "",
+                   data: dict[str, Any] | None = None, from_status: str | None = None) -> TaskEvent:
+    """One audit row. Without `to` it records something that happened to the task without a status change
+    (a cancel request on a running task): from and to are both its current status."""
+    to_status = task.status if to is None else to
+    return TaskEvent.objects.create(
+        task=task, from_status=task.status if from_status is None else from_status, to_status=to_status,
+        source=source, actor=actor or "", reason=reason, data=data or {},
+    )
+
+
+def task_transition(
+    *,
+    task_id: Any = None,
+    locked: Task | None = None,
+    to: str,
+    source: str,
+    actor: str = "",
+    reason: str = "",
+    data: dict[str, Any] | None = None,
+    expect: Iterable[str] | None = None,
+    updates: dict[str, Any] | None = None,
+) -> Task:
+    """The only writer of ``Task.status``: lock the row, check the lifecycle table, save, write the event.
+
+    Pass ``task_id`` to have the row locked here, or ``locked``: a task the caller locked with `task_lock` in
+    the transaction it is in. ``expect`` narrows the allowed current statuses for this caller (a check-and-set);
+    ``updates`` are other fields changed in the same save. Raises `TaskStateError` or `InvalidTransition`
+    (writing nothing) otherwise.
+    """
+    if (task_id is None) == (locked is None):
+        raise TypeError("task_transition takes exactly one of task_id or locked")
+    with transaction.atomic():
+        task = locked if locked is not None else Task.objects.select_for_update().get(pk=task_id)
+        from_status = task.status
+        if expect is not None and from_status not in set(expect):
+            raise TaskStateError(f"task {task.pk} is {from_status}, expected {' or '.join(sorted(expect))}")
+        check_transition(from_status, to)
+        task.status = to
+        fields = {"status", "updated_at"}
+        for name, value in (updates or {}).items():
+            setattr(task, name, value)
+            fields.add(name)
+        task.save(update_fields=sorted(fields))
+        task_event_add(task=task, from_status=from_status, to=to, source=source, actor=actor, reason=reason,
+                       data=data)
+    return task
+
+
+def task_lease_batch(*, assignments: list[tuple[Any, WorkerGroup]], lease_until: datetime,
+                     actor: str = "dispatcher") -> list[tuple[Any, uuid.UUID, WorkerGroup]]:
+    """The dispatcher's hot claim: queued → leased for a whole batch, as a compare-and-swap under row locks.
+
+    The same move `task_transition` makes (checked against the lifecycle table, one TaskEvent per task, in the
+    caller's transaction), in one UPDATE per group and one INSERT instead of five statements per task. Tasks
+    that left `queued` since the caller read them (a cancel) are skipped. Returns (task id, lease token, group)
+    for each lease made.
+    """
+    _require_transaction("task_lease_batch")
+    check_transition(TaskStatus.QUEUED, TaskStatus.LEASED)
+    ids = [task_id for task_id, _ in assignments]
+    still_queued = set(
+        Task.objects.select_for_update().filter(pk__in=ids, status=TaskStatus.QUEUED).values_list("pk", flat=True)
+    )
+    now = timezone.now()
+    by_group: dict[int, tuple[WorkerGroup, list[Any]]] = {}
+    for task_id, group in assignments:
+        if task_id in still_queued:
+            by_group.setdefault(group.pk, (group, []))[1].append(task_id)
+    events: list[TaskEvent] = []
+    leases: list[tuple[Any, uuid.UUID, WorkerGroup]] = []
+    for group, task_ids in by_group.values():
+        # A token fences stale workers per (task, lease): one fresh token per group and pass is as good as one
+        # per task, and makes this a single UPDATE.
+        token = uuid.uuid4()
+        Task.objects.filter(pk__in=task_ids).update(status=TaskStatus.LEASED, worker_group=group, lease_token=token,
+                                                    lease_expires_at=lease_until, updated_at=now)
+        for task_id in task_ids:
+            events.append(TaskEvent(task_id=task_id, from_status=TaskStatus.QUEUED, to_status=TaskStatus.LEASED,
+                                    source=EventSource.SYSTEM, actor=actor, reason=f"leased to {group.name}",
+                                    data={"worker_group": group.name}, created_at=now))
+            leases.append((task_id, token, group))
+    TaskEvent.objects.bulk_create(events)
+    return leases

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 from django.conf import settings
 
-from tasks_app.models import Task, TaskStatus
+from tasks_app.selectors import task_attempts_running
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +32,29 @@ def stale_work_dirs_remove(root: Path | None = None) -> list[str]:
         match = _RUN_DIR.match(entry.name)
         if match and entry.is_dir() and not entry.is_symlink():
             candidates[entry] = (match["task"], int(match["attempt"]))
-    running = set(
-        Task.objects.filter(pk__in={task for task, _ in candidates.values()}, status=TaskStatus.RUNNING)
-        .values_list("pk", "attempt")
-    )
+    running = task_attempts_running(task_ids={task for task, _ in candidates.values()})
     removed = []
     for path, (task_id, attempt) in candidates.items():
-        if not any(str(pk) == task_id and n == attempt for pk, n in running):
+        if (task_id, attempt) not in running:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
     if removed:
         logger.info("removed %d stale work dir(s) under %s", len(removed), root)
+    return removed
+
+
+def prune_processed_messages(max_age_seconds: float = 600.0) -> int:
+    """The embedded (file-system) broker keeps every processed message as a file: drop old ones."""
+    folder = settings.EMBEDDED_BROKER_PROCESSED_DIR
+    if not settings.CELERY_BROKER_URL.startswith("filesystem://") or not folder.is_dir():
+        return 0
+    cutoff = time.time() - max_age_seconds
+    removed = 0
+    for entry in os.scandir(folder):
+        try:
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            continue  # another process pruned it first
     return removed

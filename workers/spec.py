@@ -7,8 +7,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from executors import ExecutionSpec, adapter_for
 from tasks_app.services.runs import RunContext
-from workers.executors import ExecutionSpec, adapter_for
 
 # From the worker's own environment only these reach the CLI: never DATABASE_URL, SECRET_KEY, the broker
 # URL or another account's keys, which a worker box may well have in its environment.

@@ -10,17 +10,17 @@ needs to coordinate:
   (``pg_advisory_xact_lock``). Passes from any number of control workers queue on it; inside, the live
   counts (``leased`` + ``running`` per group and per ConcurrencyLimit scope) are read under READ COMMITTED
   and are exact for leases (only lock holders add them) and at worst stale-high for finishes (which only
-  makes a pass more careful until the next one). Each lease is a check-and-set through
-  ``task_transition(expect=[queued])`` under ``SELECT … FOR UPDATE``, so a cancel racing a lease wins or
-  loses cleanly. A pass is short (a few indexed queries and one UPDATE + event per lease) and holds no
-  lock while anything runs.
+  makes a pass more careful until the next one). The batch is leased by ``task_lease_batch``, a
+  check-and-set under ``SELECT … FOR UPDATE``, so a cancel racing a lease wins or loses cleanly. A pass is
+  short (a few indexed queries, one UPDATE per group and one INSERT of events) and holds no lock while
+  anything runs.
 * SQLite: the transaction starts with ``BEGIN IMMEDIATE`` (settings), which takes the database's single
   write lock up front, so passes are serialised the same way without an advisory lock.
 
 Order: highest priority first; within a priority, tenants take turns (round robin by each tenant's own
 oldest-first order), so one tenant's backlog cannot starve another's. Tenants are found with a loose
 index scan (a recursive CTE over ``task_dispatch_idx``) so the cost grows with the number of tenants,
-not the depth of the queue. Messages go out only after commit (``transaction.on_commit``).
+not the depth of the queue. Messages go out only after commit (``enqueue_executions``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -46,19 +45,13 @@ from tasks_app.models import (
     TaskStatus,
     WorkerGroup,
 )
-from tasks_app.services.tasks import task_lease_batch
+from tasks_app.services.enqueue import Lease, enqueue_executions
+from tasks_app.transitions import task_lease_batch
 
 logger = logging.getLogger(__name__)
 
 DISPATCH_LOCK_ID = 0x5C4ED  # any constant shared by every dispatcher
 SLACK_PER_TENANT = 8  # extra candidates per tenant, for tasks skipped because their pinned group is full
-
-
-@dataclass(frozen=True)
-class Lease:
-    task_id: uuid.UUID
-    lease_token: uuid.UUID
-    queue: str
 
 
 def runnable_filter(now: datetime) -> Q:
@@ -154,8 +147,6 @@ def _scope_usage(limits: dict[str, int]) -> Counter[str]:
 
 def dispatch_runnable(*, now: datetime | None = None) -> list[Lease]:
     """One dispatch pass. Returns the leases made; their Celery messages go out after commit."""
-    from workers.tasks import send_execute
-
     now = now or timezone.now()
     leases: list[Lease] = []
     with transaction.atomic():
@@ -212,8 +203,7 @@ def dispatch_runnable(*, now: datetime | None = None) -> list[Lease]:
         # A task canceled since it was read is skipped here; its slot stays free until the next pass.
         leases = [Lease(task_id=task_id, lease_token=token, queue=group.name)
                   for task_id, token, group in task_lease_batch(assignments=chosen, lease_until=lease_until)]
-        if leases:
-            transaction.on_commit(lambda: send_execute(leases))
+        enqueue_executions(leases)
     if leases:
         logger.info("dispatch leased %d task(s)", len(leases))
     return leases

@@ -9,8 +9,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from executors import ConfigurationError, adapter_for
 from tasks_app.models import Tool, WorkerGroup
-from workers.executors import ConfigurationError, adapter_for
+from tasks_app.services.enqueue import enqueue_dispatch
 
 _ACCOUNT = re.compile(r"^[a-z0-9][a-z0-9-]{0,78}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -106,9 +107,7 @@ def group_update(*, name: str, changes: dict[str, Any]) -> WorkerGroup:
         group.credentials = credentials
         group.save()
     if group.enabled:
-        from tasks_app.services.tasks import request_dispatch
-
-        transaction.on_commit(request_dispatch)
+        enqueue_dispatch()
     return group
 
 
@@ -122,9 +121,7 @@ def _group_set_enabled(name: str, enabled: bool) -> WorkerGroup:
         group.enabled = enabled
         group.save(update_fields=["enabled", "updated_at"])
         if enabled:
-            from tasks_app.services.tasks import request_dispatch
-
-            transaction.on_commit(request_dispatch)
+            enqueue_dispatch()
     return group
 
 

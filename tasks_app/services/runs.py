@@ -18,11 +18,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from executors.base import RETRYABLE_FAILURES, Control, ExecutionResult, FailureKind
 from tasks_app.models import (
     ACTIVE_STATUSES,
-    RETRYABLE_FAILURES,
     EventSource,
-    FailureKind,
     Task,
     TaskFile,
     TaskLogChunk,
@@ -30,8 +29,9 @@ from tasks_app.models import (
     TaskStatus,
     WorkerGroup,
 )
-from tasks_app.services.tasks import request_dispatch, stored_file, task_transition
-from workers.executors.base import Control, ExecutionResult
+from tasks_app.services.enqueue import enqueue_dispatch
+from tasks_app.services.tasks import stored_file
+from tasks_app.transitions import task_lock, task_transition
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +62,14 @@ def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: st
     token = uuid.UUID(str(lease_token))
     now = timezone.now()
     with transaction.atomic():
-        task = Task.objects.select_for_update().filter(pk=task_id).first()
+        task = task_lock(task_id=task_id)
         if task is None or task.status != TaskStatus.LEASED or task.lease_token != token:
             logger.info("dropping stale execute message for task %s", task_id)
             return None
         group = WorkerGroup.objects.get(pk=task.worker_group_id)
         attempt = task.attempt + 1
         task_transition(
-            task_id=task.pk, to=TaskStatus.RUNNING, source=EventSource.WORKER, actor=worker,
+            locked=task, to=TaskStatus.RUNNING, source=EventSource.WORKER, actor=worker,
             reason=f"attempt {attempt} started on {worker}", expect=[TaskStatus.LEASED],
             data={"attempt": attempt, "worker_group": group.name},
             updates={
@@ -145,21 +145,22 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
     ]
     now = timezone.now()
     with transaction.atomic():
-        task = Task.objects.select_for_update().get(pk=run.task_id)
-        if task.status != TaskStatus.RUNNING or task.lease_token != token:
-            logger.warning("dropping result of task %s run %s: the lease moved on", task.pk, run.attempt)
+        task = task_lock(task_id=run.task_id)
+        if task is None or task.status != TaskStatus.RUNNING or task.lease_token != token:
+            logger.warning("dropping result of task %s run %s: the lease moved on", run.task_id, run.attempt)
             for row in output_rows:
                 if row.file:
                     row.file.delete(save=False)
             return None
+        kind = _failure_kind(result, task)
         run.status = {
             "": TaskRun.Status.SUCCEEDED, FailureKind.CANCELED: TaskRun.Status.CANCELED,
-        }.get(result.failure_kind, TaskRun.Status.FAILED)
+        }.get(kind, TaskRun.Status.FAILED)
         run.finished_at = now
         run.exit_code = result.exit_code
         run.stdout, run.stdout_truncated = result.stdout, result.stdout_truncated
         run.stderr, run.stderr_truncated = result.stderr, result.stderr_truncated
-        run.failure_kind = result.failure_kind
+        run.failure_kind = kind
         run.retry_after_seconds = result.retry_after_seconds
         run.input_tokens, run.output_tokens = result.input_tokens, result.output_tokens
         run.cost_usd = result.cost_usd
@@ -177,36 +178,54 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
             "outputs": [f.path for f in result.outputs],
             **({"output_errors": result.output_errors} if result.output_errors else {}),
         }
-        if result.succeeded:
+        if not kind:
             task_transition(
-                task_id=task.pk, to=TaskStatus.SUCCEEDED, source=EventSource.WORKER, actor=worker,
+                locked=task, to=TaskStatus.SUCCEEDED, source=EventSource.WORKER, actor=worker,
                 reason=f"attempt {run.attempt} succeeded", data={"attempt": run.attempt},
                 updates={"result": summary, "error_message": "", "finished_at": now, **_lease_cleared()},
             )
-        elif result.failure_kind == FailureKind.CANCELED:
-            cancel = task.metadata.get("cancel", {}) if isinstance(task.metadata, dict) else {}
-            task_transition(
-                task_id=task.pk, to=TaskStatus.CANCELED, source=cancel.get("source", EventSource.SYSTEM),
-                actor=cancel.get("actor", ""), reason=cancel.get("reason") or "canceled while running",
-                data={"attempt": run.attempt, "killed_by": worker},
-                updates={"result": summary, "error_message": result.error_message, "finished_at": now,
-                         **_lease_cleared()},
-            )
+        elif kind == FailureKind.CANCELED:
+            _end_canceled(task, run, message=result.error_message, actor=worker, now=now, summary=summary)
         else:
-            _settle_failure(task, run, kind=result.failure_kind, message=result.error_message,
+            _settle_failure(task, run, kind=kind, message=result.error_message,
                             retry_after=result.retry_after_seconds, actor=worker, now=now, summary=summary)
     # The freed slot is refilled by the caller's dispatch pass (the worker runs one right away).
     return task
+
+
+def _failure_kind(result: ExecutionResult, task: Task) -> str:
+    """The kind to record. A kind the executors do not define is an internal error, and only a cancel that was
+    requested makes a run canceled: a CLI that exits as if interrupted on its own has failed."""
+    if not result.failure_kind:
+        return ""
+    try:
+        kind = FailureKind(result.failure_kind)
+    except ValueError:
+        logger.error("executor reported an unknown failure kind %r", result.failure_kind)
+        return FailureKind.INTERNAL
+    if kind == FailureKind.CANCELED and task.cancel_requested_at is None:
+        return FailureKind.EXIT_CODE
+    return kind
 
 
 def _lease_cleared() -> dict[str, Any]:
     return {"lease_token": None, "lease_expires_at": None}
 
 
+def _end_canceled(task: Task, run: TaskRun, *, message: str, actor: str, now: datetime,
+                  summary: dict[str, Any] | None) -> None:
+    """Running → canceled, in the name of whoever requested the cancel (its own fields, never metadata)."""
+    task_transition(
+        locked=task, to=TaskStatus.CANCELED, source=task.cancel_source or EventSource.SYSTEM,
+        actor=task.cancel_actor, reason=task.cancel_reason or "canceled while running",
+        data={"attempt": run.attempt, **({"killed_by": actor} if actor else {})},
+        updates={"result": summary, "error_message": message, "finished_at": now, **_lease_cleared()},
+    )
+
+
 def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_after: float | None, actor: str,
                     now: datetime, summary: dict[str, Any] | None = None) -> None:
-    """Retry with backoff (retryable kinds, attempts left) or fail. Caller holds the task's row lock."""
-    task.refresh_from_db()
+    """Retry with backoff (retryable kinds, attempts left) or fail. `task` is locked by the caller."""
     if kind == FailureKind.RATE_LIMITED and run.worker_group_id:
         cooldown = retry_after if retry_after is not None else settings.SCHEDULER_RATE_LIMIT_COOLDOWN_SECONDS
         until = now + timedelta(seconds=cooldown)
@@ -214,6 +233,11 @@ def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_
         if group.rate_limited_until is None or group.rate_limited_until < until:
             group.rate_limited_until = until
             group.save(update_fields=["rate_limited_until", "updated_at"])
+    if task.cancel_requested_at is not None:
+        # The attempt failed before the kill landed (or its box died): a task whose cancel was requested never
+        # runs again. The run keeps its own failure kind.
+        _end_canceled(task, run, message=message, actor=actor, now=now, summary=summary)
+        return
     data = {"attempt": run.attempt, "failure_kind": kind}
     if kind in RETRYABLE_FAILURES and task.attempts_left > 0:
         # The reset time belongs to the account: an unpinned task may run elsewhere sooner (the limited group
@@ -221,9 +245,9 @@ def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_
         wait_for_reset = retry_after if task.worker_group_pinned else None
         delay = backoff_seconds(task.attempt - task.attempt_base, wait_for_reset)
         retry_at = now + timedelta(seconds=delay)
-        transaction.on_commit(lambda: request_dispatch(at=retry_at))
+        enqueue_dispatch(at=retry_at)
         task_transition(
-            task_id=task.pk, to=TaskStatus.QUEUED, source=EventSource.WORKER if actor else EventSource.SYSTEM,
+            locked=task, to=TaskStatus.QUEUED, source=EventSource.WORKER if actor else EventSource.SYSTEM,
             actor=actor, reason=f"attempt {run.attempt} failed ({kind}): retrying in {delay:.0f}s",
             data={**data, "retry_in_seconds": round(delay, 3)},
             updates={
@@ -236,7 +260,7 @@ def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_
         return
     why = "no attempts left" if kind in RETRYABLE_FAILURES else "not retryable"
     task_transition(
-        task_id=task.pk, to=TaskStatus.FAILED, source=EventSource.WORKER if actor else EventSource.SYSTEM,
+        locked=task, to=TaskStatus.FAILED, source=EventSource.WORKER if actor else EventSource.SYSTEM,
         actor=actor, reason=f"attempt {run.attempt} failed ({kind}, {why}): {message}"[:1000], data=data,
         updates={"error_message": message, "finished_at": now, "result": summary, **_lease_cleared()},
     )
@@ -251,12 +275,13 @@ def leases_reconcile(*, now: datetime | None = None, limit: int = 500) -> int:
     handled = 0
     for task_id in expired:
         with transaction.atomic():
-            task = Task.objects.select_for_update().get(pk=task_id)
-            if task.status not in ACTIVE_STATUSES or task.lease_expires_at is None or task.lease_expires_at >= now:
+            task = task_lock(task_id=task_id)
+            if (task is None or task.status not in ACTIVE_STATUSES or task.lease_expires_at is None
+                    or task.lease_expires_at >= now):
                 continue
             if task.status == TaskStatus.LEASED:
                 task_transition(
-                    task_id=task.pk, to=TaskStatus.QUEUED, source=EventSource.SYSTEM, actor="reconciler",
+                    locked=task, to=TaskStatus.QUEUED, source=EventSource.SYSTEM, actor="reconciler",
                     reason="lease expired before the run started",
                     updates={"worker_group": task.worker_group if task.worker_group_pinned else None,
                              **_lease_cleared()},

@@ -27,9 +27,9 @@ from django_celery_beat.models import ClockedSchedule, CrontabSchedule, Interval
 
 from tasks_app import timing
 from tasks_app.models import TERMINAL_STATUSES, EventSource, OverlapPolicy, Schedule, ScheduleFiring, Task
+from tasks_app.services.enqueue import FIRE_SCHEDULE
 from tasks_app.services.tasks import InputFile, TaskSpec, task_create, task_spec_clean
 
-FIRE_TASK_NAME = "workers.fire_schedule"
 EARLY_TOLERANCE = timedelta(seconds=1)  # beat may wake a hair before the slot
 MAX_MISSED_COUNTED = 10_000
 
@@ -155,7 +155,7 @@ def _sync_periodic_task(schedule: Schedule) -> None:
     task = schedule.periodic_task or PeriodicTask(name=f"schedule:{schedule.pk}")
     for name, value in kwargs.items():
         setattr(task, name, value)
-    task.task = FIRE_TASK_NAME
+    task.task = FIRE_SCHEDULE
     task.args = json.dumps([schedule.pk])
     task.queue = "control"
     task.enabled = schedule.enabled and schedule.next_run_at is not None

@@ -1,4 +1,4 @@
-"""Task writes: create, the single status transition, cancel, retry."""
+"""Task writes: create, cancel, retry (status moves go through `tasks_app.transitions`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import binascii
 import hashlib
 import json
 import mimetypes
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -20,17 +19,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from tasks_app import validation
-from tasks_app.models import (
-    TERMINAL_STATUSES,
-    EventSource,
-    Task,
-    TaskEvent,
-    TaskFile,
-    TaskStatus,
-    Tool,
-    WorkerGroup,
-)
-from tasks_app.transitions import check_transition
+from tasks_app.models import TERMINAL_STATUSES, Task, TaskFile, TaskStatus, Tool, WorkerGroup
+from tasks_app.services.enqueue import enqueue_dispatch
+from tasks_app.transitions import TaskStateError, task_event_add, task_lock, task_transition
 
 # Files that the CLIs read as their own configuration from the work dir: a job's inputs must not set hooks,
 # MCP servers, env or keys for the CLI that runs with the account's credentials.
@@ -45,10 +36,6 @@ class IdempotencyConflict(Exception):
         super().__init__(
             f"idempotency_key {key!r} was already used for task {task_id} with a different request body"
         )
-
-
-class TaskStateError(Exception):
-    """The requested action does not fit the task's current status."""
 
 
 @dataclass(frozen=True)
@@ -268,9 +255,9 @@ def task_create(
             for row in file_rows:
                 row.task = task
             TaskFile.objects.bulk_create(file_rows)
-            _event(task, "", TaskStatus.QUEUED, source=source, actor=created_by, reason=reason or "created",
-                   data=event_data)
-            transaction.on_commit(lambda: request_dispatch(at=spec.scheduled_at))
+            task_event_add(task=task, from_status="", to=TaskStatus.QUEUED, source=source, actor=created_by,
+                           reason=reason or "created", data=event_data)
+            enqueue_dispatch(at=spec.scheduled_at)
     except IntegrityError:
         # Two identical requests raced past the first lookup; the unique constraint let one win.
         if spec.idempotency_key:
@@ -308,99 +295,25 @@ def stored_file(*, task: Task | None, run: Any, direction: str, path: str, data:
     return row
 
 
-def _event(task: Task, from_status: str, to_status: str, *, source: str, actor: str, reason: str,
-           data: dict[str, Any] | None = None) -> TaskEvent:
-    return TaskEvent.objects.create(
-        task=task, from_status=from_status, to_status=to_status, source=source, actor=actor or "",
-        reason=reason, data=data or {},
-    )
-
-
-def task_transition(
-    *,
-    task_id: Any,
-    to: str,
-    source: str,
-    actor: str = "",
-    reason: str = "",
-    data: dict[str, Any] | None = None,
-    expect: Iterable[str] | None = None,
-    updates: dict[str, Any] | None = None,
-) -> Task:
-    """The only writer of ``Task.status``: lock the row, check the lifecycle table, save, write the event.
-
-    ``expect`` narrows the allowed current statuses for this caller (a check-and-set); ``updates`` are
-    other fields changed in the same save. Raises `InvalidTransition` (writing nothing) otherwise.
-    """
-    with transaction.atomic():
-        task = Task.objects.select_for_update().get(pk=task_id)
-        from_status = task.status
-        if expect is not None and from_status not in set(expect):
-            raise TaskStateError(f"task {task.pk} is {from_status}, expected {' or '.join(sorted(expect))}")
-        check_transition(from_status, to)
-        task.status = to
-        fields = {"status", "updated_at"}
-        for name, value in (updates or {}).items():
-            setattr(task, name, value)
-            fields.add(name)
-        task.save(update_fields=sorted(fields))
-        _event(task, from_status, to, source=source, actor=actor, reason=reason, data=data)
-    return task
-
-
-def task_lease_batch(*, assignments: list[tuple[Any, WorkerGroup]], lease_until: datetime,
-                     actor: str = "dispatcher") -> list[tuple[Any, uuid.UUID, WorkerGroup]]:
-    """The dispatcher's hot claim: queued → leased for a whole batch, as a compare-and-swap under row locks.
-
-    The same move `task_transition` makes (checked against the lifecycle table, one TaskEvent per task, in the
-    caller's transaction), in one UPDATE per group and one INSERT instead of five statements per task. Tasks
-    that left `queued` since the caller read them (a cancel) are skipped. Returns (task id, lease token, group)
-    for each lease made.
-    """
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("task_lease_batch must run inside the dispatch transaction")
-    check_transition(TaskStatus.QUEUED, TaskStatus.LEASED)
-    ids = [task_id for task_id, _ in assignments]
-    still_queued = set(
-        Task.objects.select_for_update().filter(pk__in=ids, status=TaskStatus.QUEUED).values_list("pk", flat=True)
-    )
-    now = timezone.now()
-    by_group: dict[int, tuple[WorkerGroup, list[Any]]] = {}
-    for task_id, group in assignments:
-        if task_id in still_queued:
-            by_group.setdefault(group.pk, (group, []))[1].append(task_id)
-    events: list[TaskEvent] = []
-    leases: list[tuple[Any, uuid.UUID, WorkerGroup]] = []
-    for group, task_ids in by_group.values():
-        # A token fences stale workers per (task, lease): one fresh token per group and pass is as good as one
-        # per task, and makes this a single UPDATE.
-        token = uuid.uuid4()
-        Task.objects.filter(pk__in=task_ids).update(status=TaskStatus.LEASED, worker_group=group, lease_token=token,
-                                                    lease_expires_at=lease_until, updated_at=now)
-        for task_id in task_ids:
-            events.append(TaskEvent(task_id=task_id, from_status=TaskStatus.QUEUED, to_status=TaskStatus.LEASED,
-                                    source=EventSource.SYSTEM, actor=actor, reason=f"leased to {group.name}",
-                                    data={"worker_group": group.name}, created_at=now))
-            leases.append((task_id, token, group))
-    TaskEvent.objects.bulk_create(events)
-    return leases
-
-
 def task_cancel(*, task_id: Any, source: str, actor: str = "", reason: str = "") -> Task:
-    """Queued or leased: canceled at once. Running: flagged; the worker kills the CLI and ends it canceled."""
+    """Queued or leased: canceled at once. Running: a cancel request (its own fields and an event); the worker
+    kills the CLI and `run_finish` ends the task canceled with this provenance."""
     with transaction.atomic():
-        task = Task.objects.select_for_update().get(pk=task_id)
+        task = _locked(task_id)
         if task.status in TERMINAL_STATUSES:
             raise TaskStateError(f"task {task.pk} is already {task.status}; only unfinished tasks can be canceled")
         reason = reason or f"canceled by {actor or source}"
         if task.status == TaskStatus.RUNNING:
             if task.cancel_requested_at is None:
                 task.cancel_requested_at = timezone.now()
-                task.metadata = {**task.metadata, "cancel": {"source": source, "actor": actor, "reason": reason}}
-                task.save(update_fields=["cancel_requested_at", "metadata", "updated_at"])
+                task.cancel_source, task.cancel_actor, task.cancel_reason = source, actor or "", reason
+                task.save(update_fields=["cancel_requested_at", "cancel_source", "cancel_actor", "cancel_reason",
+                                         "updated_at"])
+                task_event_add(task=task, source=source, actor=actor, reason=f"cancel requested: {reason}",
+                               data={"cancel_requested": True, "attempt": task.attempt})
             return task
         return task_transition(
-            task_id=task.pk, to=TaskStatus.CANCELED, source=source, actor=actor, reason=reason,
+            locked=task, to=TaskStatus.CANCELED, source=source, actor=actor, reason=reason,
             updates={"finished_at": timezone.now(), "lease_token": None, "lease_expires_at": None},
         )
 
@@ -408,11 +321,11 @@ def task_cancel(*, task_id: Any, source: str, actor: str = "", reason: str = "")
 def task_retry(*, task_id: Any, source: str, actor: str = "", reason: str = "") -> Task:
     """Re-queue a failed or canceled task with a fresh attempt budget."""
     with transaction.atomic():
-        task = Task.objects.select_for_update().get(pk=task_id)
+        task = _locked(task_id)
         if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELED):
             raise TaskStateError(f"task {task.pk} is {task.status}; only failed or canceled tasks can be retried")
         task = task_transition(
-            task_id=task.pk, to=TaskStatus.QUEUED, source=source, actor=actor,
+            locked=task, to=TaskStatus.QUEUED, source=source, actor=actor,
             reason=reason or f"retried by {actor or source}",
             updates={
                 "attempt_base": task.attempt,
@@ -420,28 +333,18 @@ def task_retry(*, task_id: Any, source: str, actor: str = "", reason: str = "") 
                 "error_message": "",
                 "finished_at": None,
                 "cancel_requested_at": None,
+                "cancel_source": "",
+                "cancel_actor": "",
+                "cancel_reason": "",
                 "worker_group": task.worker_group if task.worker_group_pinned else None,
             },
         )
-        transaction.on_commit(request_dispatch)
+        enqueue_dispatch()
     return task
 
 
-ETA_WAKEUP_HORIZON = timedelta(hours=1)
-
-
-def request_dispatch(at: datetime | None = None) -> None:
-    """Ask the control queue for a dispatch pass (after commit, so the pass sees the new rows).
-
-    With `at` (a task's scheduled_at or retry time) the pass is asked for at that moment, so the task starts on
-    time rather than at the next safety-net tick. Only a dispatch message carries an ETA, never an execute
-    message: a dispatch pass is idempotent, so an ETA message lost or redelivered by the broker costs nothing,
-    and ones further away than an hour are left to the tick.
-    """
-    from workers.tasks import dispatch_task
-
-    delay = (at - timezone.now()) if at is not None else None
-    if delay is None or delay.total_seconds() <= 0:
-        dispatch_task.apply_async(queue="control")
-    elif delay <= ETA_WAKEUP_HORIZON:
-        dispatch_task.apply_async(queue="control", eta=at)
+def _locked(task_id: Any) -> Task:
+    task = task_lock(task_id=task_id)
+    if task is None:
+        raise Task.DoesNotExist(f"no task {task_id}")
+    return task

@@ -10,12 +10,12 @@ from django.contrib.messages import get_messages
 from django.test import Client
 from django.urls import reverse
 
+from executors import ExecutionResult, OutputFile
 from tasks_app.models import ConcurrencyLimit, Task, TaskEvent, TaskFile, TaskRun, WorkerGroup
 from tasks_app.services.dispatch import dispatch_runnable
 from tasks_app.services.runs import run_finish, run_start
 from tasks_app.services.tasks import InputFile, TaskSpec, task_create
 from tests.factories import TaskFactory, WorkerGroupFactory
-from workers.executors import ExecutionResult, OutputFile
 
 pytestmark = pytest.mark.django_db
 

@@ -196,10 +196,10 @@ def test_bad_schedule_input_exits_non_zero_and_writes_nothing(argv, message, cap
 
 
 def test_retry_logs_and_files_download(tmp_path, capsys) -> None:
+    from executors import ExecutionResult, OutputFile
     from tasks_app.services.dispatch import dispatch_runnable
     from tasks_app.services.runs import run_finish, run_log_append, run_start
     from tasks_app.services.tasks import TaskSpec, task_create
-    from workers.executors import ExecutionResult, OutputFile
 
     WorkerGroupFactory(account="main")
     task, _ = task_create(spec=TaskSpec(tool="claude", prompt="p", output_files=["out/report.md"], max_attempts=1),

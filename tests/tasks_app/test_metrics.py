@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from executors import ExecutionResult
 from tasks_app.services.dispatch import dispatch_runnable
 from tasks_app.services.runs import run_finish, run_start
 from tasks_app.services.tasks import TaskSpec, task_create
 from tests.factories import WorkerGroupFactory
-from workers.executors import ExecutionResult
 
 pytestmark = pytest.mark.django_db
 

@@ -6,12 +6,12 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from executors import Control, ExecutionResult, OutputFile
 from tasks_app.models import TaskEvent, TaskFile, TaskRun
 from tasks_app.services.dispatch import dispatch_runnable
 from tasks_app.services.runs import backoff_seconds, leases_reconcile, run_finish, run_heartbeat, run_start
 from tasks_app.services.tasks import InputFile, TaskSpec, task_cancel, task_create
 from tests.factories import WorkerGroupFactory
-from workers.executors import Control, ExecutionResult, OutputFile
 
 pytestmark = pytest.mark.django_db
 

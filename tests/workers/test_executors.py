@@ -17,17 +17,17 @@ from typing import Any
 
 import pytest
 
-from tasks_app.services.runs import RunContext
-from tests.conftest import wait_until
-from workers.executors import (
+from executors import (
     ADAPTERS,
     ConfigurationError,
     Control,
     ExecutionResult,
     ExecutionSpec,
     OutputFile,
-    execute,
 )
+from executors.runner import execute
+from tasks_app.services.runs import RunContext
+from tests.conftest import wait_until
 from workers.spec import child_env, execution_spec
 
 FAKES_BIN = Path(__file__).resolve().parent.parent / "fakes" / "bin"

@@ -6,8 +6,7 @@ import time
 import pytest
 
 from tests.factories import TaskFactory
-from workers.maintenance import stale_work_dirs_remove
-from workers.tasks import prune_processed_messages
+from workers.maintenance import prune_processed_messages, stale_work_dirs_remove
 
 pytestmark = pytest.mark.django_db
 

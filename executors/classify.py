@@ -6,6 +6,8 @@ import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from executors.base import FailureKind
+
 RATE_LIMIT_PATTERNS = re.compile(
     r"hit your (?:session |weekly |usage )?limit|limit reached|usage limit|rate[_ ]limit|too many requests"
     r"|\b429\b|quota|resource_exhausted|overloaded|high demand|credit balance is too low",
@@ -21,19 +23,19 @@ PROVIDER_PATTERNS = re.compile(
 )
 
 
-def classify_message(text: str, status: int | None = None) -> str:
+def classify_message(text: str, status: int | None = None) -> FailureKind:
     """A failure kind from an HTTP status the CLI reported, else from its message."""
     if status in (429, 529):
-        return "rate_limited"
+        return FailureKind.RATE_LIMITED
     if status in (401, 403):
-        return "auth"
+        return FailureKind.AUTH
     if RATE_LIMIT_PATTERNS.search(text):
-        return "rate_limited"
+        return FailureKind.RATE_LIMITED
     if AUTH_PATTERNS.search(text):
-        return "auth"
+        return FailureKind.AUTH
     if (status is not None and 500 <= status < 600) or PROVIDER_PATTERNS.search(text):
-        return "provider_error"
-    return "exit_code"
+        return FailureKind.PROVIDER_ERROR
+    return FailureKind.EXIT_CODE
 
 
 # Clock-time resets are given to the minute: one that passed moments ago has just happened, not tomorrow's.

@@ -4,8 +4,9 @@ import os
 import tracemalloc
 from pathlib import Path
 
-from workers.executors import ExecutionSpec, execute
-from workers.executors.adapters import ADAPTERS
+from executors import ExecutionSpec
+from executors.adapters import ADAPTERS
+from executors.runner import execute
 
 FAKE_CLAUDE = str(Path(__file__).resolve().parents[1] / "fakes" / "bin" / "claude")
 

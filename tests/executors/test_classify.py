@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from workers.executors.classify import classify_message, retry_after_from_text
+from executors.classify import classify_message, retry_after_from_text
 
 
 def _utc(*args: int) -> datetime:

@@ -9,7 +9,7 @@ import re
 import stat
 from pathlib import Path
 
-from workers.executors.base import OutputFile
+from executors.base import OutputFile
 
 _GLOB_CHARS = set("*?[")
 

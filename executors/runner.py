@@ -18,9 +18,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
-from workers.executors.adapters import Adapter, adapter_for
-from workers.executors.base import Control, ExecutionResult, ExecutionSpec, Heartbeat, OutputSink
-from workers.executors.confinement import ConfinementError, collect_outputs, write_input
+from executors.adapters import Adapter, adapter_for
+from executors.base import Control, ExecutionResult, ExecutionSpec, FailureKind, Heartbeat, OutputSink
+from executors.confinement import ConfinementError, collect_outputs, write_input
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def execute(spec: ExecutionSpec, *, heartbeat: Heartbeat | None = None,
     try:
         spec.work_dir.mkdir(parents=True, exist_ok=False, mode=0o700)
     except OSError as exc:
-        result.failure_kind, result.error_message = "internal", f"cannot create work dir: {exc.strerror}"
+        result.failure_kind, result.error_message = FailureKind.INTERNAL, f"cannot create work dir: {exc.strerror}"
         return result
     # A private TMPDIR beside the work dir (outside the job's own files), removed with it: CLIs write prompts
     # and error dumps to temp files (gemini's /tmp/gemini-client-error-*.json holds the prompt).
@@ -212,14 +212,14 @@ def execute(spec: ExecutionSpec, *, heartbeat: Heartbeat | None = None,
             for relative, data in spec.input_files:
                 write_input(spec.work_dir, relative, data)
         except (ConfinementError, OSError) as exc:
-            result.failure_kind, result.error_message = "internal", f"input refused: {_describe(exc)}"
+            result.failure_kind, result.error_message = FailureKind.INTERNAL, f"input refused: {_describe(exc)}"
             return result
         shutil.rmtree(private_tmp, ignore_errors=True)  # left over by a killed worker
         private_tmp.mkdir(mode=0o700)
         _run_process(replace(spec, env={**spec.env, "TMPDIR": str(private_tmp)}), adapter, result, heartbeat,
                      on_output)
     except OSError as exc:
-        result.failure_kind, result.error_message = "internal", f"work dir error: {_describe(exc)}"
+        result.failure_kind, result.error_message = FailureKind.INTERNAL, f"work dir error: {_describe(exc)}"
     finally:
         if not spec.keep_work_dir:
             shutil.rmtree(spec.work_dir, ignore_errors=True)
@@ -263,11 +263,11 @@ def _run_process(
         )
     except FileNotFoundError:
         setting = f"SCHEDULER_{spec.tool.upper()}_BIN"
-        result.failure_kind = "cli_missing"
+        result.failure_kind = FailureKind.CLI_MISSING
         result.error_message = f"{spec.argv[0]} not found: set {setting} or install {spec.tool}"
         return
     except PermissionError:
-        result.failure_kind = "cli_missing"
+        result.failure_kind = FailureKind.CLI_MISSING
         result.error_message = f"{spec.argv[0]} is not executable"
         return
 
@@ -380,7 +380,8 @@ def _record(spec: ExecutionSpec, adapter: Adapter, result: ExecutionResult, proc
     result.details = parsed.details
     if stopped:
         # A run the executor killed is never a success, whatever the exit code (gemini exits 0 on SIGTERM).
-        result.failure_kind = {"timeout": "timeout", "cancel": "canceled", "lease_lost": "worker_lost"}[stopped]
+        result.failure_kind = {"timeout": FailureKind.TIMEOUT, "cancel": FailureKind.CANCELED,
+                               "lease_lost": FailureKind.WORKER_LOST}[stopped]
         result.error_message = {
             "timeout": f"timed out after {spec.timeout_seconds:g}s; the CLI's process group was killed",
             "cancel": "canceled while running; the CLI's process group was killed",

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from workers.executors.base import ConfigurationError, Parsed
-from workers.executors.classify import classify_message, retry_after_from_text
+from executors.base import ConfigurationError, FailureKind, Parsed
+from executors.classify import classify_message, retry_after_from_text
 
 ANY = object()  # any value
 FLAG = object()  # a boolean flag, no value
@@ -130,12 +130,12 @@ def _tail_text(data: bytes, limit: int = 500) -> str:
     return (lines[-1] if lines else "")[-limit:]
 
 
-def _failure(message: str, status: int | None = None, *, kind: str | None = None) -> Parsed:
+def _failure(message: str, status: int | None = None, *, kind: FailureKind | None = None) -> Parsed:
     kind = kind or classify_message(message, status)
     return Parsed(
         failure_kind=kind,
         error_message=message[:2000],
-        retry_after_seconds=retry_after_from_text(message) if kind == "rate_limited" else None,
+        retry_after_seconds=retry_after_from_text(message) if kind == FailureKind.RATE_LIMITED else None,
     )
 
 
@@ -177,7 +177,7 @@ class ClaudeAdapter(Adapter):
         )
         if result is None:
             message = _tail_text(stderr) or _tail_text(stdout) or f"claude exited {exit_code} with no result"
-            return _failure(message) if exit_code != 0 else _failure(message, kind="exit_code")
+            return _failure(message) if exit_code != 0 else _failure(message, kind=FailureKind.EXIT_CODE)
         usage = result.get("usage") or {}
         parsed = Parsed(
             final_message=str(result.get("result") or ""),
@@ -191,7 +191,7 @@ class ClaudeAdapter(Adapter):
             status = result.get("api_error_status")
             message = parsed.final_message or str(result.get("subtype") or f"claude exited {exit_code}")
             failure = _failure(message, status if isinstance(status, int) else None)
-            if failure.failure_kind == "rate_limited" and isinstance(reset_at, int | float):
+            if failure.failure_kind == FailureKind.RATE_LIMITED and isinstance(reset_at, int | float):
                 failure.retry_after_seconds = max(0.0, reset_at - datetime.now(UTC).timestamp())
             parsed.failure_kind, parsed.error_message = failure.failure_kind, failure.error_message
             parsed.retry_after_seconds = failure.retry_after_seconds
@@ -255,14 +255,14 @@ class CodexAdapter(Adapter):
             parsed.failure_kind, parsed.error_message = failure.failure_kind, failure.error_message
             parsed.retry_after_seconds = failure.retry_after_seconds
         elif not saw_usage and not final:
-            parsed.failure_kind, parsed.error_message = "exit_code", "codex printed no result"
+            parsed.failure_kind, parsed.error_message = FailureKind.EXIT_CODE, "codex printed no result"
         return parsed
 
 
 # Gemini exits with the HTTP status mod 256 on fatal API errors in JSON modes.
 _GEMINI_HTTP_EXITS = {(code % 256): code for code in (400, 401, 403, 429, 500, 502, 503, 504)}
-_GEMINI_EXITS = {41: "auth", 42: "exit_code", 44: "exit_code", 52: "exit_code", 53: "exit_code", 54: "exit_code",
-                 55: "exit_code", 130: "canceled"}
+# 130 (interrupted) is a plain failure: only the scheduler's own cancel makes a run canceled, never an exit code.
+_GEMINI_EXITS = {41: FailureKind.AUTH, **dict.fromkeys((42, 44, 52, 53, 54, 55, 130), FailureKind.EXIT_CODE)}
 
 
 class GeminiAdapter(Adapter):
@@ -315,10 +315,11 @@ class GeminiAdapter(Adapter):
             status = _GEMINI_HTTP_EXITS[exit_code]
         message = message or _tail_text(stderr) or f"gemini exited {exit_code}"
         if exit_code == 0 and out is None:
-            kind = "exit_code"
+            kind = FailureKind.EXIT_CODE
             message = "gemini exited 0 with no result (killed, or printed nothing)"
         elif status == 400:
-            kind = "auth" if classify_message(message) == "auth" else "exit_code"  # 400: only the text says bad key
+            # 400: only the text tells a bad key from a bad request
+            kind = FailureKind.AUTH if classify_message(message) == FailureKind.AUTH else FailureKind.EXIT_CODE
         elif status is not None:
             kind = classify_message(message, status)
         else:

@@ -4,8 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
+from typing import Literal
+
+
+class FailureKind(StrEnum):
+    """Why an attempt failed. The one list: the domain's model choices and retry policy reuse it."""
+
+    RATE_LIMITED = "rate_limited"
+    PROVIDER_ERROR = "provider_error"
+    TIMEOUT = "timeout"
+    EXIT_CODE = "exit_code"
+    AUTH = "auth"
+    CLI_MISSING = "cli_missing"
+    WORKER_LOST = "worker_lost"
+    CANCELED = "canceled"
+    INTERNAL = "internal"
+
+    @property
+    def label(self) -> str:
+        return "CLI missing" if self is FailureKind.CLI_MISSING else self.value.replace("_", " ")
+
+
+# Failures worth another attempt: the account or the box was the problem, not the job.
+RETRYABLE_FAILURES = frozenset({FailureKind.RATE_LIMITED, FailureKind.PROVIDER_ERROR, FailureKind.WORKER_LOST})
+
+Outcome = FailureKind | Literal[""]  # "" means success
 
 
 class Control(Enum):
@@ -54,7 +79,7 @@ class OutputFile:
 class Parsed:
     """What an adapter reads from the CLI's machine-readable output."""
 
-    failure_kind: str = ""  # "" means success
+    failure_kind: Outcome = ""
     error_message: str = ""
     final_message: str = ""
     input_tokens: int | None = None
@@ -72,7 +97,7 @@ class ExecutionResult:
     stdout_truncated: bool = False
     stderr: str = ""
     stderr_truncated: bool = False
-    failure_kind: str = ""
+    failure_kind: Outcome = ""
     error_message: str = ""
     final_message: str = ""
     input_tokens: int | None = None

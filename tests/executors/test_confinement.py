@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.executors.base import OutputFile
-from workers.executors.confinement import ConfinementError, collect_outputs, write_input
+from executors.base import OutputFile
+from executors.confinement import ConfinementError, collect_outputs, write_input
 
 LIMITS = {"max_bytes": 1024, "max_total_bytes": 4096}
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from workers.executors import ExecutionSpec, execute
-from workers.executors.adapters import ADAPTERS
-from workers.executors.runner import LiveOutput
+from executors import ExecutionSpec
+from executors.adapters import ADAPTERS
+from executors.runner import LiveOutput, execute
 
 FAKE_CLAUDE = str(Path(__file__).resolve().parents[1] / "fakes" / "bin" / "claude")
 
@@ -71,7 +71,7 @@ def test_execute_streams_output_while_the_cli_runs(tmp_path: Path) -> None:
 
 
 def test_a_secret_cut_by_head_and_tail_truncation_is_scrubbed_on_both_sides() -> None:
-    from workers.executors.runner import BoundedBuffer, scrub
+    from executors.runner import BoundedBuffer, scrub
 
     secret = "sk-ant-0123456789abcdef"
     buffer = BoundedBuffer(40)
