@@ -29,8 +29,10 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium not installed: the browser test will be skipped"
 
+# ruff, then the import contracts of pyproject.toml (the one-way layers of docs/architecture.md).
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # Each run gets its own database (pytest-django creates test_<name> and drops it at the end) and its own Redis
 # key prefix, so runs on one machine (CI, developers, several checkouts) never see each other's rows or queues.

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from tasks_app import timing
+from tasks_app import selectors, timing
 from tasks_app.models import OverlapPolicy, Schedule, Task, TaskEvent, TaskFile, TaskRun, Tool, WorkerGroup
 from tasks_app.services.tasks import TaskSpec, input_file_from_payload
 
@@ -136,7 +136,7 @@ class TaskDetailSerializer(TaskSerializer):
 
     @extend_schema_field(TaskRunSerializer(allow_null=True))
     def get_latest_run(self, task: Task) -> dict[str, Any] | None:
-        run = task.runs.order_by("-attempt").first()
+        run = selectors.task_latest_run(task_id=task.pk)
         return TaskRunSerializer(run).data if run is not None else None
 
 

@@ -21,7 +21,7 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from tasks_app import logstream
+from tasks_app import logstream, selectors
 from tasks_app.api.filters import TaskFilter
 from tasks_app.api.serializers import (
     LogQuerySerializer,
@@ -38,7 +38,6 @@ from tasks_app.api.serializers import (
     WorkerGroupUpdateSerializer,
 )
 from tasks_app.models import EventSource, Schedule, Task, TaskStatus
-from tasks_app.selectors import group_list
 from tasks_app.services.accounts import user_tenant
 from tasks_app.services.groups import group_create, group_pause, group_resume, group_update
 from tasks_app.services.schedules import (
@@ -88,9 +87,7 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     lookup_value_regex = "[0-9a-fA-F-]{32,36}"
 
     def get_queryset(self) -> QuerySet[Task]:
-        queryset = Task.objects.select_related("worker_group")
-        scope = tenant_scope(self.request)
-        return queryset if scope is None else queryset.filter(tenant=scope)
+        return selectors.task_list(tenant=tenant_scope(self.request))
 
     def get_serializer_class(self) -> type:
         return TaskDetailSerializer if self.action == "retrieve" else TaskSerializer
@@ -127,19 +124,19 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     @extend_schema(responses=TaskRunSerializer(many=True), description="Attempts, newest first.")
     @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
     def runs(self, request: Request, pk: str | None = None) -> Response:
-        runs = self.get_object().runs.select_related("worker_group").order_by("-attempt")
+        runs = selectors.task_runs(task_id=self.get_object().pk)
         return Response(TaskRunSerializer(runs, many=True).data)
 
     @extend_schema(responses=TaskEventSerializer(many=True), description="Status audit trail, oldest first.")
     @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
     def events(self, request: Request, pk: str | None = None) -> Response:
-        events = self.get_object().events.order_by("created_at", "id")
+        events = selectors.task_events(task_id=self.get_object().pk)
         return Response(TaskEventSerializer(events, many=True).data)
 
     @extend_schema(responses=TaskFileSerializer(many=True), description="Input and output files (metadata).")
     @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
     def files(self, request: Request, pk: str | None = None) -> Response:
-        files = self.get_object().files.select_related("run").order_by("direction", "path", "id")
+        files = selectors.task_files(task_id=self.get_object().pk)
         return Response(TaskFileSerializer(files, many=True).data)
 
     @extend_schema(
@@ -166,8 +163,8 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"  # let nginx pass events through as they come
             return response
-        run = task.runs.order_by("-attempt").first()
-        chunks = logstream.chunks_after(run.pk, after, limit=10_000) if run else []
+        run = selectors.task_latest_run(task_id=task.pk)
+        chunks = selectors.run_log_chunks(run_id=run.pk, after=after, limit=10_000) if run else []
         return Response(TaskLogSerializer({
             "attempt": run.attempt if run else None,
             "finished": bool(run and run.finished_at),
@@ -182,7 +179,7 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     @action(detail=True, methods=["get"], url_path=r"files/(?P<file_id>[0-9]{1,18})/content",
             pagination_class=None, filter_backends=[])
     def file_content(self, request: Request, pk: str | None = None, file_id: str | None = None) -> HttpResponse:
-        item = get_object_or_404(self.get_object().files, pk=int(file_id or 0))
+        item = get_object_or_404(selectors.task_files(task_id=self.get_object().pk), pk=int(file_id or 0))
         filename = posixpath.basename(item.path)
         if item.content is not None:
             response = HttpResponse(bytes(item.content), content_type=item.content_type)
@@ -200,9 +197,7 @@ class ScheduleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     lookup_value_regex = "[0-9]{1,18}"
 
     def get_queryset(self) -> QuerySet[Schedule]:
-        queryset = Schedule.objects.select_related("worker_group").order_by("name")
-        scope = tenant_scope(self.request)
-        return queryset if scope is None else queryset.filter(tenant=scope)
+        return selectors.schedule_list(tenant=tenant_scope(self.request))
 
     @extend_schema(request=ScheduleWriteSerializer, responses={201: ScheduleSerializer})
     def create(self, request: Request) -> Response:
@@ -247,8 +242,7 @@ class ScheduleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     @extend_schema(responses=TaskSerializer(many=True), description="The tasks it spawned, newest first.")
     @action(detail=True, methods=["get"], pagination_class=TaskCursorPagination)
     def tasks(self, request: Request, pk: str | None = None) -> Response:
-        queryset = Task.objects.filter(schedule=self.get_object()).select_related("worker_group")
-        page = self.paginate_queryset(queryset.order_by("-created_at"))
+        page = self.paginate_queryset(selectors.schedule_tasks(schedule=self.get_object()))
         return self.get_paginated_response(TaskSerializer(page, many=True).data)
 
 
@@ -262,7 +256,7 @@ class WorkerGroupViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     pagination_class = None
 
     def get_queryset(self) -> QuerySet:
-        return group_list()
+        return selectors.group_list()
 
     @extend_schema(request=WorkerGroupSerializer, responses={201: WorkerGroupSerializer})
     def create(self, request: Request) -> Response:
@@ -292,4 +286,4 @@ class WorkerGroupViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         return Response(self._present(name))
 
     def _present(self, name: str | None) -> dict[str, Any]:
-        return WorkerGroupSerializer(group_list().get(name=name)).data
+        return WorkerGroupSerializer(selectors.group_list().get(name=name)).data

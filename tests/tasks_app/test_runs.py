@@ -4,6 +4,8 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from executors import Control, ExecutionResult, OutputFile
@@ -175,6 +177,75 @@ def test_canceled_run_ends_canceled_with_the_cancellers_name() -> None:
     assert task.status == "canceled"
     last = TaskEvent.objects.filter(task=task).last()
     assert (last.source, last.actor, last.to_status) == ("cli", "ann", "canceled")
+
+
+def test_client_metadata_cannot_forge_who_canceled() -> None:
+    task, lease, _ = _leased(metadata={"cancel": {"source": "admin", "actor": "mallory", "reason": "forged"}})
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+    task_cancel(task_id=task.pk, source="api", actor="ann", reason="not needed")
+
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
+               result=ExecutionResult(command=[], exit_code=-15, failure_kind="canceled"))
+
+    last = TaskEvent.objects.filter(task=task).last()
+    assert (last.to_status, last.source, last.actor, last.reason) == ("canceled", "api", "ann", "not needed")
+
+
+def test_an_exit_code_alone_never_makes_a_task_canceled() -> None:
+    task, lease, _ = _leased(max_attempts=1)
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+
+    # A CLI interrupted by something other than our cancel (exit 130, say), reported as "canceled".
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
+               result=ExecutionResult(command=[], exit_code=130, failure_kind="canceled", error_message="interrupted"))
+
+    task.refresh_from_db()
+    run = TaskRun.objects.get(pk=ctx.run_id)
+    assert (task.status, run.status, run.failure_kind) == ("failed", "failed", "exit_code")
+
+
+def test_an_unknown_failure_kind_is_recorded_as_internal_never_as_success() -> None:
+    task, lease, _ = _leased(max_attempts=1)
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
+               result=ExecutionResult(command=[], exit_code=1, failure_kind="rate-limited"))  # a typo
+
+    task.refresh_from_db()
+    assert (task.status, TaskRun.objects.get(pk=ctx.run_id).failure_kind) == ("failed", "internal")
+
+
+def test_a_task_whose_cancel_was_requested_is_not_retried_when_its_attempt_fails() -> None:
+    task, lease, _ = _leased(max_attempts=3)
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+    task_cancel(task_id=task.pk, source="cli", actor="ann")
+
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
+               result=ExecutionResult(command=[], exit_code=1, failure_kind="provider_error"))
+
+    task.refresh_from_db()
+    run = TaskRun.objects.get(pk=ctx.run_id)
+    assert (task.status, run.status, run.failure_kind) == ("canceled", "failed", "provider_error")
+    last = TaskEvent.objects.filter(task=task).last()
+    assert (last.from_status, last.to_status, last.source, last.actor) == ("running", "canceled", "cli", "ann")
+
+
+@pytest.mark.skipif(not connection.features.has_select_for_update, reason="row locks need PostgreSQL")
+def test_each_transition_locks_the_task_row_once() -> None:
+    task, lease, _ = _leased(max_attempts=2)
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+
+    with CaptureQueriesContext(connection) as queries:
+        run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
+                   result=ExecutionResult(command=[], exit_code=1, failure_kind="provider_error"))
+    locks = [q["sql"] for q in queries.captured_queries if "FOR UPDATE" in q["sql"] and '"tasks_app_task"' in q["sql"]]
+
+    assert len(locks) == 1
+    task.refresh_from_db()
+    assert task.status == "queued"
+    with CaptureQueriesContext(connection) as queries:
+        task_cancel(task_id=task.pk, source="cli")
+    assert sum("FOR UPDATE" in q["sql"] for q in queries.captured_queries) == 1
 
 
 def test_reconcile_returns_expired_leases_to_the_queue() -> None:

@@ -11,14 +11,12 @@ from tasks_app.services.tasks import (
     IdempotencyConflict,
     InputFile,
     TaskSpec,
-    TaskStateError,
     input_file_from_payload,
     task_cancel,
     task_create,
     task_retry,
-    task_transition,
 )
-from tasks_app.transitions import ALLOWED_TRANSITIONS, InvalidTransition
+from tasks_app.transitions import ALLOWED_TRANSITIONS, InvalidTransition, TaskStateError, task_transition
 from tests.factories import TaskFactory, WorkerGroupFactory
 
 pytestmark = pytest.mark.django_db
@@ -178,14 +176,20 @@ def test_cancel_queued_is_immediate_and_terminal_cancel_is_refused() -> None:
     assert TaskEvent.objects.filter(task=task).count() == 1
 
 
-def test_cancel_running_flags_it_for_the_worker() -> None:
-    task = TaskFactory(status="running")
+def test_cancel_running_flags_it_for_the_worker_in_its_own_fields_and_an_event() -> None:
+    task = TaskFactory(status="running", attempt=1, metadata={"team": "x"})
 
     task_cancel(task_id=task.pk, source="api", actor="ops")
+    task_cancel(task_id=task.pk, source="cli", actor="late")  # a second request changes nothing
 
     task.refresh_from_db()
     assert task.status == "running" and task.cancel_requested_at is not None
-    assert task.metadata["cancel"] == {"source": "api", "actor": "ops", "reason": "canceled by ops"}
+    assert (task.cancel_source, task.cancel_actor, task.cancel_reason) == ("api", "ops", "canceled by ops")
+    assert task.metadata == {"team": "x"}  # the client's field is not where provenance lives
+    (event,) = TaskEvent.objects.filter(task=task)
+    assert (event.from_status, event.to_status, event.source, event.actor, event.reason, event.data) == (
+        "running", "running", "api", "ops", "cancel requested: canceled by ops",
+        {"cancel_requested": True, "attempt": 1})
 
 
 def test_retry_requeues_failed_with_fresh_budget_and_refuses_others() -> None:
