@@ -390,5 +390,5 @@ def test_cancel_action_on_a_running_task_flags_it_for_the_worker(admin_client: C
 
     task.refresh_from_db()
     assert task.status == "running" and task.cancel_requested_at is not None
-    assert task.metadata["cancel"] == {"source": "admin", "actor": "admin", "reason": "canceled by admin"}
+    assert (task.cancel_source, task.cancel_actor, task.cancel_reason) == ("admin", "admin", "canceled by admin")
     assert [level for level, _ in _message_levels(response)] == ["info"]

@@ -1,0 +1,133 @@
+"""Worker groups (edited through group_create / group_update; credentials write-only) and concurrency limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import admin
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from tasks_app import selectors
+from tasks_app.admin.common import MASK, _report
+from tasks_app.crypto import CredentialsUnreadable
+from tasks_app.forms import ConcurrencyLimitForm, WorkerGroupForm
+from tasks_app.models import ConcurrencyLimit, WorkerGroup
+from tasks_app.services.groups import group_pause, group_resume
+
+
+def _credential_names(group: WorkerGroup) -> list[str] | None:
+    """Key names only; None when the stored credentials cannot be decrypted with the configured key."""
+    try:
+        return group.credential_names
+    except CredentialsUnreadable:
+        return None
+
+
+@admin.register(WorkerGroup)
+class WorkerGroupAdmin(admin.ModelAdmin):
+    form = WorkerGroupForm
+    list_display = ("name", "tool", "enabled", "max_concurrent", "running_count", "queued_count",
+                    "rate_limited_until", "heartbeating_workers", "credential_keys")
+    list_filter = ("tool", "enabled", "allow_dangerous_flags")
+    search_fields = ("name", "account")
+    ordering = ("name",)
+    actions = ("pause_groups", "resume_groups")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WorkerGroup]:
+        return selectors.group_list()
+
+    def get_fieldsets(self, request: HttpRequest, obj: WorkerGroup | None = None) -> list[tuple[Any, dict]]:
+        if obj is None:
+            return [
+                (None, {"fields": ("tool", "account", "max_concurrent", "enabled")}),
+                ("CLI settings", {"fields": ("env", "extra_args", "allow_dangerous_flags")}),
+                ("Credentials", {"fields": ("credentials_set",)}),
+            ]
+        return [
+            (None, {"fields": ("name", "tool", "account", "max_concurrent", "enabled",
+                               "rate_limited_until", "heartbeating_workers")}),
+            ("CLI settings", {"fields": ("env", "extra_args", "allow_dangerous_flags")}),
+            ("Credentials", {"fields": ("credential_keys_masked", "credentials_set", "credentials_unset")}),
+            ("Audit", {"fields": ("created_at", "updated_at")}),
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: WorkerGroup | None = None) -> tuple[str, ...]:
+        if obj is None:
+            return ()
+        # Name, tool and account are the group's identity (and queue name); group_update cannot change them.
+        return ("name", "tool", "account", "rate_limited_until", "heartbeating_workers", "credential_keys_masked",
+                "created_at", "updated_at")
+
+    @admin.display(description="workers heartbeating")
+    def heartbeating_workers(self, group: WorkerGroup) -> str:
+        return ", ".join(selectors.group_heartbeating_workers(group)) or "-"
+
+    def save_model(self, request: HttpRequest, obj: WorkerGroup, form: Any, change: bool) -> None:
+        """Nothing to do: WorkerGroupForm saved through group_create / group_update while validating."""
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[WorkerGroup]) -> None:
+        # The changelist queryset carries group_list()'s aggregates; delete by primary key instead.
+        WorkerGroup.objects.filter(pk__in=[group.pk for group in queryset]).delete()
+
+    @admin.display(description="running", ordering="running")
+    def running_count(self, group: WorkerGroup) -> int:
+        return group.running
+
+    @admin.display(description="queued", ordering="queued")
+    def queued_count(self, group: WorkerGroup) -> int:
+        return group.queued
+
+    @admin.display(description="credential keys")
+    def credential_keys(self, group: WorkerGroup) -> str:
+        names = _credential_names(group)
+        if names is None:
+            return "unreadable (encryption key changed)"
+        return ", ".join(names) or "-"
+
+    @admin.display(description="stored credentials")
+    def credential_keys_masked(self, group: WorkerGroup) -> SafeString:
+        names = _credential_names(group)
+        if names is None:
+            return format_html(
+                "<strong>{}</strong>",
+                "Stored credentials cannot be decrypted: SCHEDULER_ENCRYPTION_KEY differs from the one used "
+                "to store them.",
+            )
+        if not names:
+            return format_html("<em>{}</em>", "none")
+        return format_html_join("\n", "<code>{}</code> = {}<br>", ((name, MASK) for name in names))
+
+    def _toggle(self, request: HttpRequest, queryset: QuerySet[WorkerGroup],
+                service: Callable[..., WorkerGroup], verb: str) -> None:
+        done, failures = [], []
+        for name in queryset.values_list("name", flat=True):
+            try:
+                service(name=name)
+            except ValidationError as exc:
+                failures.append(f"{name}: {'; '.join(exc.messages)}")
+            except CredentialsUnreadable as exc:
+                failures.append(f"{name}: {exc}")
+            else:
+                done.append(name)
+        _report(self, request, done, verb, failures)
+
+    @admin.action(description="Pause selected groups (no new work)", permissions=["change"])
+    def pause_groups(self, request: HttpRequest, queryset: QuerySet[WorkerGroup]) -> None:
+        self._toggle(request, queryset, group_pause, "Paused")
+
+    @admin.action(description="Resume selected groups", permissions=["change"])
+    def resume_groups(self, request: HttpRequest, queryset: QuerySet[WorkerGroup]) -> None:
+        self._toggle(request, queryset, group_resume, "Resumed")
+
+
+@admin.register(ConcurrencyLimit)
+class ConcurrencyLimitAdmin(admin.ModelAdmin):
+    form = ConcurrencyLimitForm
+    list_display = ("scope", "max_concurrent")
+    search_fields = ("scope",)
+    ordering = ("scope",)

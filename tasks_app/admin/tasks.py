@@ -1,0 +1,233 @@
+"""Tasks: view-only pages with their runs, files and events inline; cancel and retry through the services;
+the live-output endpoint behind the task page's panel and the file download."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.urls import URLPattern, path
+from django.utils.html import format_html
+from django.utils.http import content_disposition_header
+from django.utils.safestring import SafeString
+
+from tasks_app import selectors
+from tasks_app.admin.common import ReadOnlyAdminMixin, _download_link, _pre, _report
+from tasks_app.models import FAILURE_KIND_CHOICES, EventSource, Task, TaskEvent, TaskFile, TaskRun, TaskStatus
+from tasks_app.services.tasks import TaskStateError, task_cancel, task_retry
+from tasks_app.transitions import InvalidTransition
+
+
+class FailureKindFilter(admin.SimpleListFilter):
+    title = "failure kind"
+    parameter_name = "failure_kind"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return FAILURE_KIND_CHOICES
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() is None:
+            return queryset
+        if queryset.model is TaskRun:
+            return queryset.filter(failure_kind=self.value())
+        return queryset.filter(runs__failure_kind=self.value()).distinct()
+
+
+class TaskRunInline(ReadOnlyAdminMixin, admin.StackedInline):
+    model = TaskRun
+    extra = 0
+    ordering = ("-attempt",)
+    fields = (
+        ("attempt", "status", "failure_kind", "exit_code"),
+        ("worker_group", "worker", "celery_task_id"),
+        ("started_at", "finished_at", "latency_ms", "retry_after_seconds"),
+        ("input_tokens", "output_tokens", "cost_usd"),
+        "command_line",
+        "stdout_block",
+        "stderr_block",
+    )
+    readonly_fields = flatten_fieldsets([(None, {"fields": fields})])
+    show_change_link = True
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TaskRun]:
+        return super().get_queryset(request).select_related("worker_group")
+
+    @admin.display(description="command")
+    def command_line(self, run: TaskRun) -> SafeString:
+        return format_html("<code>{}</code>", " ".join(str(arg) for arg in run.command))
+
+    @admin.display(description="stdout")
+    def stdout_block(self, run: TaskRun) -> SafeString:
+        return _pre(run.stdout, truncated=run.stdout_truncated)
+
+    @admin.display(description="stderr")
+    def stderr_block(self, run: TaskRun) -> SafeString:
+        return _pre(run.stderr, truncated=run.stderr_truncated)
+
+
+class TaskFileInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = TaskFile
+    extra = 0
+    fields = ("direction", "path", "size_bytes", "content_type", "attempt", "sha256", "download")
+    readonly_fields = fields
+    ordering = ("direction", "path")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TaskFile]:
+        return super().get_queryset(request).select_related("run").defer("content")
+
+    @admin.display(description="attempt")
+    def attempt(self, item: TaskFile) -> int | str:
+        return item.run.attempt if item.run_id else "-"
+
+    @admin.display(description="download")
+    def download(self, item: TaskFile) -> SafeString:
+        return _download_link(item)
+
+
+class TaskEventInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = TaskEvent
+    extra = 0
+    ordering = ("created_at", "id")
+    fields = ("created_at", "from_status", "to_status", "source", "actor", "reason", "data")
+    readonly_fields = fields
+
+
+@admin.register(Task)
+class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    # Tasks are created by API, CLI, schedules and intake, and edited only through services.
+    """View-only: status and lifecycle fields change only through the services (the actions below)."""
+
+    list_display = ("short_id", "tool", "status", "priority", "tenant", "worker_group", "schedule", "attempts",
+                    "created_at", "finished_at", "prompt_excerpt")
+    list_filter = ("status", "tool", "worker_group", "tenant", "schedule", FailureKindFilter, "created_at")
+    search_fields = ("id", "prompt", "idempotency_key", "created_by")
+    list_select_related = ("worker_group", "schedule")
+    ordering = ("-created_at",)
+    date_hierarchy = "created_at"
+    actions = ("cancel_tasks", "retry_tasks")
+    inlines = (TaskRunInline, TaskFileInline, TaskEventInline)
+    change_form_template = "admin/tasks_app/task/change_form.html"  # adds the live output panel
+    fieldsets = (
+        (None, {"fields": ("id", "status", "tool", "model", "tenant", "created_by", "schedule", "prompt_block")}),
+        ("Scheduling", {"fields": ("priority", "scheduled_at", "worker_group", "worker_group_pinned",
+                                   "timeout_seconds", "idempotency_key", "output_files")}),
+        ("Lifecycle", {"fields": ("attempt", "max_attempts", "attempt_base", "next_attempt_at", "started_at",
+                                  "finished_at", "lease_expires_at", "cancel_requested_at", "created_at",
+                                  "updated_at")}),
+        ("Outcome", {"fields": ("error_message", "result", "metadata")}),
+    )
+    readonly_fields = ("id", "status", "tool", "model", "tenant", "created_by", "schedule", "prompt_block",
+                       "priority",
+                       "scheduled_at", "worker_group", "worker_group_pinned", "timeout_seconds",
+                       "idempotency_key", "output_files", "attempt", "max_attempts", "attempt_base",
+                       "next_attempt_at", "started_at", "finished_at", "lease_expires_at",
+                       "cancel_requested_at", "created_at", "updated_at", "error_message", "result",
+                       "metadata")
+
+    def get_urls(self) -> list[URLPattern]:
+        download = path(
+            "<uuid:task_id>/files/<int:file_id>/download/",
+            self.admin_site.admin_view(self.file_download_view),
+            name="tasks_app_task_file_download",
+        )
+        live_log = path(
+            "<uuid:task_id>/live-log/",
+            self.admin_site.admin_view(self.live_log_view),
+            name="tasks_app_task_live_log",
+        )
+        # Before the defaults: their "<path:object_id>/" pattern would swallow these URLs.
+        return [download, live_log, *super().get_urls()]
+
+    def live_log_view(self, request: HttpRequest, task_id: Any) -> JsonResponse:
+        """New output of the latest attempt after `?after=SEQ`, for the task page's live panel."""
+        task = get_object_or_404(Task, pk=task_id)
+        if not self.has_view_permission(request, task):
+            raise Http404("no such task")
+        after = request.GET.get("after", "0")
+        after_seq = int(after) if after.isdigit() and len(after) < 10 else 0
+        run = selectors.task_latest_run(task_id=task.pk)
+        chunks = selectors.run_log_chunks(run_id=run.pk, after=after_seq) if run else []
+        return JsonResponse({
+            "status": task.status,
+            "terminal": task.is_terminal,
+            "attempt": run.attempt if run else None,
+            "chunks": [{"seq": c.seq, "stream": c.stream, "data": c.data} for c in chunks],
+        })
+
+    def file_download_view(self, request: HttpRequest, task_id: Any, file_id: int) -> HttpResponse:
+        task = get_object_or_404(Task, pk=task_id)
+        if not self.has_view_permission(request, task):
+            raise Http404("no such task")
+        item = get_object_or_404(selectors.task_files(task_id=task.pk), pk=file_id)
+        content_type = item.content_type or "application/octet-stream"
+        response = HttpResponse(item.read_bytes(), content_type=content_type)
+        response.headers["Content-Disposition"] = content_disposition_header(
+            as_attachment=True, filename=posixpath.basename(item.path)
+        )
+        return response
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        """Cancel and retry: for staff who may change tasks (the form itself stays read-only)."""
+        return request.user.has_perm("tasks_app.change_task")
+
+    @admin.display(description="id", ordering="id")
+    def short_id(self, task: Task) -> str:
+        return str(task.pk)[:8]
+
+    @admin.display(description="attempts")
+    def attempts(self, task: Task) -> str:
+        return f"{task.attempt - task.attempt_base}/{task.max_attempts}"
+
+    @admin.display(description="prompt")
+    def prompt_excerpt(self, task: Task) -> str:
+        text = " ".join(task.prompt.split())
+        return text if len(text) <= 80 else f"{text[:79]}…"
+
+    @admin.display(description="prompt")
+    def prompt_block(self, task: Task) -> SafeString:
+        return _pre(task.prompt)
+
+    def _operate(self, request: HttpRequest, queryset: QuerySet[Task], service: Callable[..., Task]) -> list[
+            tuple[Any, Task | None, str]]:
+        outcomes: list[tuple[Any, Task | None, str]] = []
+        for task_id in list(queryset.values_list("pk", flat=True)):
+            try:
+                task = service(task_id=task_id, source=EventSource.ADMIN, actor=request.user.get_username())
+            except (TaskStateError, InvalidTransition) as exc:
+                outcomes.append((task_id, None, str(exc)))
+            except Task.DoesNotExist:
+                outcomes.append((task_id, None, f"task {task_id} no longer exists"))
+            else:
+                outcomes.append((task_id, task, ""))
+        return outcomes
+
+    @admin.action(description="Cancel selected tasks", permissions=["operate"])
+    def cancel_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        canceled, requested, failures = [], [], []
+        for task_id, task, error in self._operate(request, queryset, task_cancel):
+            if task is None:
+                failures.append(error)
+            elif task.status == TaskStatus.CANCELED:
+                canceled.append(str(task_id)[:8])
+            else:
+                requested.append(str(task_id)[:8])
+        _report(self, request, canceled, "Canceled", failures)
+        if requested:
+            self.message_user(request, f"Cancel requested (the worker stops the run): {', '.join(requested)}",
+                              messages.INFO)
+
+    @admin.action(description="Retry selected tasks", permissions=["operate"])
+    def retry_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        done, failures = [], []
+        for task_id, task, error in self._operate(request, queryset, task_retry):
+            if task is None:
+                failures.append(error)
+            else:
+                done.append(str(task_id)[:8])
+        _report(self, request, done, "Re-queued", failures)
