@@ -114,7 +114,7 @@ def group_dict(group: WorkerGroup) -> dict[str, Any]:
 
 
 def schedule_dict(schedule: Schedule) -> dict[str, Any]:
-    """The API's schedule shape (ScheduleSerializer), so `--json` and the API agree."""
+    """The fields of the API's schedule (ScheduleSerializer), timestamps in the ISO form of the other dicts here."""
     return {
         "id": schedule.pk,
         "name": schedule.name,

@@ -129,7 +129,7 @@ def schedule_firings(*, schedule: Schedule) -> QuerySet[ScheduleFiring]:
 
 
 def token_list(*, username: str | None = None) -> QuerySet[ApiToken]:
-    qs = ApiToken.objects.select_related("user").order_by("id")
+    qs = ApiToken.objects.select_related("user")
     return qs if not username else qs.filter(user__username=username)
 
 

@@ -1,0 +1,74 @@
+"""`schedulerctl groups list | add | set | pause | resume`: worker groups (one CLI account each)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from tasks_app import selectors
+from tasks_app.cli.output import emit, table
+from tasks_app.cli.parser import CommandError
+from tasks_app.presenters import group_dict
+from tasks_app.services import groups as svc
+
+
+def _pairs(items: list[str], *, option: str) -> dict[str, str]:
+    result = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CommandError(f"{option} {item.split('=')[0]!r}: expected KEY=VALUE")
+        result[key] = value
+    return result
+
+
+def _from_env(keys: list[str]) -> dict[str, str]:
+    missing = [k for k in keys if k not in os.environ]
+    if missing:
+        raise CommandError(f"--credential-from-env: {missing[0]} is not set in this environment")
+    return {k: os.environ[k] for k in keys}
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        data = [group_dict(g) for g in selectors.group_list()]
+        emit(args, data, lambda rows: table(
+            ["name", "tool", "enabled", "running", "queued", "cap", "rate-limited until", "credentials"],
+            [[r["name"], r["tool"], r["enabled"], r["running"], r["queued"], r["max_concurrent"],
+              r["rate_limited_until"], ", ".join(r["credentials"])] for r in rows],
+        ))
+        return 0
+    if args.action in ("pause", "resume"):
+        group = (svc.group_pause if args.action == "pause" else svc.group_resume)(name=args.name)
+    else:
+        credentials = {**_pairs(args.credential, option="--credential"), **_from_env(args.credential_from_env)}
+        env = _pairs(args.env, option="--env")
+        if args.action == "add":
+            group = svc.group_create(
+                tool=args.tool, account=args.account, max_concurrent=args.max_concurrent,
+                enabled=not args.disabled, credentials=credentials, env=env,
+                allow_dangerous_flags=bool(args.allow_dangerous_flags), extra_args=args.extra_arg,
+            )
+        else:
+            group = svc.group_update(name=args.name, changes=_group_changes(args, credentials=credentials, env=env))
+    emit(args, group_dict(group), lambda d: print(
+        f"group {d['name']}: {'enabled' if d['enabled'] else 'paused'}, cap {d['max_concurrent']}, "
+        f"credentials: {', '.join(d['credentials']) or 'none'}"))
+    return 0
+
+
+def _group_changes(args: argparse.Namespace, *, credentials: dict[str, str], env: dict[str, str]) -> dict[str, Any]:
+    """`groups set`: --env and --extra-arg add to what the group has; a missing group is group_update's error."""
+    current = selectors.group_get(name=args.name)
+    changes: dict[str, Any] = {"credentials_set": credentials, "credentials_unset": args.unset_credential}
+    if args.max_concurrent is not None:
+        changes["max_concurrent"] = args.max_concurrent
+    if env and current is not None:
+        changes["env"] = {**current.env, **env}
+    if args.extra_arg or args.clear_extra_args:
+        changes["extra_args"] = ([] if args.clear_extra_args or current is None
+                                 else list(current.extra_args)) + args.extra_arg
+    if args.allow_dangerous_flags is not None:
+        changes["allow_dangerous_flags"] = args.allow_dangerous_flags
+    return changes

@@ -1,0 +1,166 @@
+"""`schedulerctl enqueue | list | get | cancel | retry | logs | files`: one task at a time."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from tasks_app import logstream, selectors
+from tasks_app.cli.output import emit, short_id, table
+from tasks_app.cli.parser import EXIT_NOT_FOUND, EXIT_WAIT_FAILED, CommandError, parse_time
+from tasks_app.models import TERMINAL_STATUSES, EventSource, Task, TaskStatus
+from tasks_app.presenters import file_dict, run_dict, task_dict
+from tasks_app.services.tasks import InputFile, TaskSpec, task_cancel, task_create, task_retry
+from tasks_app.validation import relative_path
+
+
+def _find_task(task_id: str, *, tenant: str) -> Task:
+    task = selectors.task_get(task_id=task_id, tenant=tenant)
+    if task is None:
+        raise CommandError(f"no task {task_id!r} (give the full id or a unique prefix of 6+ characters)",
+                           EXIT_NOT_FOUND)
+    return task
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    inputs = []
+    for item in args.input:
+        local, sep, remote = item.partition(":")
+        path = Path(local)
+        if not path.is_file():
+            raise CommandError(f"--input {local!r}: no such file")
+        if path.stat().st_size > settings.SCHEDULER_MAX_INPUT_BYTES:
+            raise CommandError(f"--input {local!r}: larger than SCHEDULER_MAX_INPUT_BYTES "
+                               f"({settings.SCHEDULER_MAX_INPUT_BYTES} bytes)")
+        inputs.append(InputFile(path=remote if sep else path.name, content=path.read_bytes()))
+    spec = TaskSpec(
+        tool=args.tool, prompt=prompt, model=args.model, input_files=inputs, output_files=args.output,
+        priority=args.priority, scheduled_at=parse_time(args.at) if args.at else None,
+        max_attempts=args.max_attempts, timeout_seconds=args.timeout, idempotency_key=args.idempotency_key,
+        worker_group=args.group,
+    )
+    task, created = task_create(spec=spec, tenant=args.tenant, created_by=args.actor, source=EventSource.CLI)
+    if args.wait:
+        deadline = time.monotonic() + args.wait_timeout if args.wait_timeout else None
+        status = task.status
+        while status not in TERMINAL_STATUSES:
+            if deadline is not None and time.monotonic() > deadline:
+                raise CommandError(f"task {task.pk} is still {status} after {args.wait_timeout:g}s",
+                                   EXIT_WAIT_FAILED)
+            time.sleep(0.5)
+            status = selectors.task_status(task_id=task.pk)
+        task = _find_task(str(task.pk), tenant=args.tenant)
+    data = task_dict(task, detail=args.wait)
+    emit(args, data, lambda d: print(
+        f"{'created' if created else 'existing'} task {d['id']} ({d['tool']}, priority {d['priority']}): {d['status']}"
+        + (f"\n{(d.get('result') or {}).get('final_message') or d['error_message']}" if args.wait else "")
+    ))
+    return 0 if not args.wait or task.status == TaskStatus.SUCCEEDED else EXIT_WAIT_FAILED
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise CommandError("--limit must be at least 1")
+    tasks = selectors.task_list(tenant=args.tenant, status=args.status, tool=args.tool,
+                                worker_group=args.group)[: args.limit]
+    data = [task_dict(t) for t in tasks]
+    emit(args, data, lambda rows: table(
+        ["id", "tool", "status", "prio", "group", "attempt", "created"],
+        [[short_id(r["id"]), r["tool"], r["status"], r["priority"], r["worker_group"], r["attempt"],
+          r["created_at"][:19]] for r in rows],
+    ))
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    data = task_dict(_find_task(args.id, tenant=args.tenant), detail=True)
+
+    def render(d: dict[str, Any]) -> None:
+        for key in ("id", "tool", "model", "status", "priority", "worker_group", "attempt", "max_attempts",
+                    "created_at", "started_at", "finished_at", "error_message"):
+            if d.get(key) not in (None, ""):
+                print(f"{key:>14}: {d[key]}")
+        if d["result"]:
+            print(f"{'final message':>14}: {d['result'].get('final_message')}")
+        table(["attempt", "status", "group", "exit", "failure", "tokens in/out", "ms"],
+              [[r["attempt"], r["status"], r["worker_group"], r["exit_code"], r["failure_kind"],
+                f"{r['input_tokens']}/{r['output_tokens']}", r["latency_ms"]] for r in d["runs"]], title="runs")
+        table(["from", "to", "source", "actor", "reason", "at"],
+              [[e["from_status"], e["to_status"], e["source"], e["actor"], e["reason"], e["created_at"][:23]]
+               for e in d["events"]], title="events")
+
+    emit(args, data, render)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    task = task_cancel(task_id=_find_task(args.id, tenant=args.tenant).pk, source=EventSource.CLI, actor=args.actor)
+    emit(args, task_dict(task), lambda d: print(
+        f"task {d['id']} {'canceled' if d['status'] == 'canceled' else 'is being canceled (running)'}"))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    task = task_retry(task_id=_find_task(args.id, tenant=args.tenant).pk, source=EventSource.CLI, actor=args.actor)
+    emit(args, task_dict(task), lambda d: print(f"task {d['id']} re-queued"))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    task = _find_task(args.id, tenant=args.tenant)
+    if args.follow:
+        for event in logstream.follow(task.pk, max_seconds=args.max_seconds):
+            if args.json:
+                print(json.dumps({"event": event.kind, "data": event.data, "seq": event.seq}), flush=True)
+            elif event.kind in ("stdout", "stderr"):
+                stream = sys.stdout if event.kind == "stdout" else sys.stderr
+                stream.write(event.data)
+                stream.flush()
+            elif event.kind == "attempt":
+                print(f"--- attempt {event.data} ---", file=sys.stderr, flush=True)
+            else:
+                print(f"--- task {event.data}{' (stopped following)' if event.kind == 'timeout' else ''} ---",
+                      file=sys.stderr, flush=True)
+        return 0
+    run = selectors.task_latest_run(task_id=task.pk)
+    if run is None:
+        raise CommandError(f"task {args.id} has not run yet", EXIT_NOT_FOUND)
+    data = run_dict(run, with_output=True)
+    if run.finished_at is None:  # still running: what it has printed so far
+        chunks = selectors.run_log_chunks(run_id=run.pk, after=0, limit=100_000)
+        data["stdout"] = "".join(c.data for c in chunks if c.stream == "stdout")
+        data["stderr"] = "".join(c.data for c in chunks if c.stream == "stderr")
+
+    def render(d: dict[str, Any]) -> None:
+        sys.stdout.write(d["stdout"])
+        sys.stderr.write(d["stderr"])
+
+    emit(args, data, render)
+    return 0
+
+
+def cmd_files(args: argparse.Namespace) -> int:
+    task = _find_task(args.id, tenant=args.tenant)
+    files = list(selectors.task_files(task_id=task.pk))
+    data = [file_dict(f) for f in files]
+    if args.download:
+        target = Path(args.download)
+        for item in files:
+            if item.direction != "output":
+                continue
+            relative = relative_path(item.path, field="path")  # stored paths were validated; check again
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(item.read_bytes())
+    emit(args, data, lambda rows: table(
+        ["id", "direction", "path", "bytes", "sha256", "attempt"],
+        [[r["id"], r["direction"], r["path"], r["size_bytes"], r["sha256"][:16], r["attempt"]] for r in rows],
+    ))
+    return 0
