@@ -12,8 +12,6 @@ import argparse
 import contextlib
 import http.client
 import json
-import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -26,15 +24,16 @@ from pathlib import Path
 from psycopg import DatabaseError
 from rich.table import Table
 
-from bench.docs import percentile, spread, write_section
+from bench.common import add_output_arguments, begin, console, publish
+from bench.docs import machine_line, percentile, section_head, spread
 from bench.plans import Plan, api_request, explain, label_statement, write_plans
-from bench.seed import TENANTS, seed_tasks, status_counts
-from bench.stack import ROOT, Stack
+from bench.seed import TENANTS, create_groups, create_tokens, seed_tasks, status_counts
+from bench.stack import ROOT
+from tests.procs import stop_process_groups
 
 DEFAULT_ROWS = 1_000_000
 LIST_P95_TARGET_MS = 50.0
 CREATE_P95_TARGET_MS = 30.0
-GROUPS = (("claude", "team-a"), ("claude", "team-b"), ("codex", "team-a"), ("gemini", "team-a"))
 CREATE_BODY = {"tool": "claude", "prompt": "Summarise the open issues in one paragraph.", "priority": 5}
 
 
@@ -115,14 +114,7 @@ class Gunicorn:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
+        stop_process_groups([self.proc])
 
 
 # --- the clients ---------------------------------------------------------------------------------------
@@ -218,53 +210,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (default 2)")
     parser.add_argument("--database-url-query", default="", metavar="QUERY",
                         help="appended to DATABASE_URL, e.g. 'conn_max_age=600' (an experiment)")
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the section in docs/benchmarks.md")
-    parser.add_argument("--plans", type=Path, default=ROOT / "bench" / "plans" / "api.txt",
-                        help="where to write the EXPLAIN output (default bench/plans/api.txt)")
+    add_output_arguments(parser, plans="api")
     return parser.parse_args(argv)
 
 
-def setup_django(stack: Stack, extra: dict[str, str]) -> dict[str, str]:
-    import django
-
-    env = {**stack.env(), **extra}
-    os.environ.update(env)  # before setup: settings read the environment once
-    django.setup()
-    return env
-
-
-def create_groups(max_concurrent: int) -> dict[str, list[int]]:
-    from tasks_app.services.groups import group_create
-
-    ids: dict[str, list[int]] = {}
-    for tool, account in GROUPS:
-        ids.setdefault(tool, []).append(group_create(tool=tool, account=account, max_concurrent=max_concurrent).pk)
-    return ids
-
-
-def create_tokens() -> dict[str, str]:
-    from tasks_app.services.accounts import token_create, user_create
-
-    keys = {}
-    for tenant, _share in TENANTS:
-        user_create(username=f"bench-{tenant}", tenant=tenant)
-        keys[tenant] = token_create(username=f"bench-{tenant}", name="bench")[1]
-    return keys
-
-
 def main(argv: list[str]) -> int:
-    from bench.cli import console, machine
-
-    args = parse_args(argv)
-    info = machine()
-    command = "python -m bench api" + (" " + " ".join(argv) if argv else "")
-    console.print(f"[bold]bench api[/] {command}; " + "; ".join(f"{k}: {v}" for k, v in info.items()))
-    stack = Stack(embedded=False, database_url_query=args.database_url_query)
-    console.print(f"database {stack.database_name}, Redis key prefix {stack.prefix!r}")
+    args, command, info, stack = begin("api", argv, parse_args)
     server: Gunicorn | None = None
     try:
         stack.create_database()
-        env = setup_django(stack, {"SCHEDULER_API_THROTTLE_RATE": "1000000/s"})
+        env = stack.setup_django({"SCHEDULER_API_THROTTLE_RATE": "1000000/s"})
         groups = create_groups(max_concurrent=4)
         keys = create_tokens()
         from django.db import connections
@@ -295,8 +250,7 @@ def main(argv: list[str]) -> int:
         biggest = TENANTS[0][0]
         breakdowns = [breakdown(s, keys[biggest], samples=30) for s in SCENARIOS]
     except (RuntimeError, KeyboardInterrupt, subprocess.CalledProcessError, DatabaseError) as exc:
-        console.print(f"[red]bench api failed:[/] {exc}")
-        return 1
+        return stack.report_failure(console, "bench api", exc)
     finally:
         if server is not None:
             server.stop()
@@ -308,15 +262,12 @@ def main(argv: list[str]) -> int:
                 preamble=f"Command: {command}\nEach statement as Django sent it for tenant {TENANTS[0][0]!r}.\n")
     console.print(f"plans written to {args.plans}")
     if not args.no_docs:
-        write_section("api", markdown)
-        console.print("section 'api' of docs/benchmarks.md rewritten")
+        publish("api", markdown)
     return 0
 
 
 def report(args: argparse.Namespace, info: dict[str, str], command: str, seed_seconds: float,
            counts: dict[str, int], runs: list[Run], breakdowns: list[Breakdown]) -> str:
-    from bench.cli import console
-
     table = Table(title=f"API latency - {args.rows:,} tasks, gunicorn -w {args.workers}, {args.seconds:g} s x "
                         f"{args.repeat}; median (min..max) over repeats")
     columns = ("scenario", "clients", "p50 ms", "p95 ms", "p99 ms", "req/s", "target p95")
@@ -366,17 +317,10 @@ def report(args: argparse.Namespace, info: dict[str, str], command: str, seed_se
                       f"{'met' if met else 'NOT met'}[/]")
 
     plans_path = args.plans.relative_to(ROOT) if args.plans.is_relative_to(ROOT) else args.plans
-    machine_line = ", ".join(f"{k} {v}" for k, v in info.items())
     return "\n".join([
-        f"## API latency: list and create over {args.rows:,} tasks (issue 5, generated {time.strftime('%Y-%m-%d')})",
-        "",
-        f"Written by `{command}` (bench/api.py); rerun it to refresh this section.",
-        "",
-        "```",
-        f"cd /work/main && .venv/bin/{command}",
-        "```",
-        "",
-        f"Machine: {machine_line}. PostgreSQL 15 and the bench client on the same box; gunicorn "
+        *section_head(f"API latency: list and create over {args.rows:,} tasks (issue 5, generated "
+                      f"{time.strftime('%Y-%m-%d')})", command, "(bench/api.py)"),
+        f"Machine: {machine_line(info)}. PostgreSQL 15 and the bench client on the same box; gunicorn "
         f"`-w {args.workers}` (sync workers), {args.clients} client threads with http.client (and 1 for service "
         f"time), {args.seconds:g} s per measurement, {args.repeat} repeats; figures are median "
         "(min\N{EN DASH}max) over "

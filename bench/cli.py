@@ -11,7 +11,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -23,14 +22,14 @@ from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
+from bench.common import console, count, machine, wait_for
+from bench.docs import spread
 from bench.stack import Stack, self_cpu_seconds, system_cpu_seconds
 
 POLL_SECONDS = 0.05
 TARGET_RATIO = 0.7
-console = Console(width=None if sys.stdout.isatty() else 130)
 
 
 @dataclass
@@ -49,14 +48,6 @@ class Sample:
     @property
     def jobs_per_second(self) -> float:
         return self.n / self.wall_seconds
-
-
-def wait_for(done: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(POLL_SECONDS)
 
 
 def settle_cpu(stack: Stack, *, max_seconds: float = 3.0) -> dict[str, float]:
@@ -78,7 +69,7 @@ def measure(stack: Stack, kind: str, n: int, concurrency: int, submit: Callable[
     started = time.perf_counter()
     submit()
     submitted = time.perf_counter()
-    wait_for(finished, timeout=timeout, what=f"{n} {kind} jobs")
+    wait_for(finished, timeout=timeout, what=f"{n} {kind} jobs", interval=POLL_SECONDS)
     ended = time.perf_counter()
     worker1 = settle_cpu(stack)
     by_name = {name: worker1[name] - worker0.get(name, 0.0) for name in worker1}
@@ -92,23 +83,17 @@ def measure(stack: Stack, kind: str, n: int, concurrency: int, submit: Callable[
 def run_pipeline(stack: Stack, *, n: int, concurrency: int, repeat: int, warmup: int, timeout: float,
                  progress: Callable[[Sample], None], profile_dir: Path | None = None,
                  group_max_concurrent: int | None = None) -> list[Sample]:
-    import django
-
-    os.environ.update(stack.env())  # before setup: settings read the environment once
-    django.setup()
+    stack.setup_django()
     from django.db import connection
     from django.db.models import Count
 
     from tasks_app.models import EventSource, Task, TaskStatus
-    from tasks_app.services.groups import group_create
     from tasks_app.services.tasks import TaskSpec, task_create
 
-    group_create(tool="claude", account="bench", max_concurrent=group_max_concurrent or concurrency)
     app, extra_env = "workers", None
     if profile_dir is not None:
         app, extra_env = "bench.instrumented", {"BENCH_PROFILE_DIR": str(profile_dir)}
-    stack.start_worker(app, "control", 1, "control", extra_env)
-    stack.start_worker(app, "claude-bench", concurrency, "claude-bench", extra_env)
+    stack.start_pipeline(concurrency, max_concurrent=group_max_concurrent, app=app, extra_env=extra_env)
     submit_queries: Counter[str] = Counter()
 
     def batch(tenant: str, size: int) -> Sample:
@@ -216,22 +201,6 @@ def run_bare(stack: Stack, *, n: int, concurrency: int, repeat: int, warmup: int
     return samples
 
 
-def machine() -> dict[str, str]:
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal:"))
-    return {
-        "cpus": str(os.cpu_count()),
-        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "load average (1/5/15 min) at start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-    }
-
-
-def spread(values: list[float], fmt: str = "{:.2f}") -> str:
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}..{fmt.format(max(values))})"
-
-
 def report(pipeline: list[Sample], bare: list[Sample], *, n: int, concurrency: int, mode: str) -> None:
     table = Table(title=f"CLI Scheduler throughput - {mode}, N={n}, C={concurrency}, median (min..max)")
     for column in ("run", "repeats", "jobs/s", "wall s", "submit s", "worker CPU s/job",
@@ -240,13 +209,12 @@ def report(pipeline: list[Sample], bare: list[Sample], *, n: int, concurrency: i
     for name, samples in (("pipeline", pipeline), ("bare Celery", bare)):
         if not samples:
             continue
-        table.add_row(
-            name, str(len(samples)), spread([s.jobs_per_second for s in samples]),
-            spread([s.wall_seconds for s in samples]), spread([s.submit_seconds for s in samples]),
-            spread([s.worker_cpu_seconds / s.n for s in samples], "{:.3f}"),
-            spread([s.bench_cpu_seconds / s.n for s in samples], "{:.3f}"),
-            spread([s.system_cpu_seconds / s.n for s in samples], "{:.3f}"),
-        )
+        rate_and_times = [[s.jobs_per_second for s in samples], [s.wall_seconds for s in samples],
+                          [s.submit_seconds for s in samples]]
+        cpu_per_job = [[s.worker_cpu_seconds / s.n for s in samples], [s.bench_cpu_seconds / s.n for s in samples],
+                       [s.system_cpu_seconds / s.n for s in samples]]
+        table.add_row(name, str(len(samples)), *(spread(values, "{:.2f}", "..") for values in rate_and_times),
+                      *(spread(values, "{:.3f}", "..") for values in cpu_per_job))
     console.print(table)
     if pipeline and pipeline[0].phases:
         phases = Table(title="Pipeline job phases, mean ms per job (median over repeats), from DB timestamps")
@@ -303,9 +271,9 @@ def profile_report(folder: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--n", type=int, default=200, help="jobs per measurement (default 200)")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker processes for the jobs (default 2)")
-    parser.add_argument("--repeat", type=int, default=3, help="measurements of each kind (default 3)")
+    parser.add_argument("--n", type=count, default=200, help="jobs per measurement (default 200)")
+    parser.add_argument("--concurrency", type=count, default=2, help="worker processes for the jobs (default 2)")
+    parser.add_argument("--repeat", type=count, default=3, help="measurements of each kind (default 3)")
     parser.add_argument("--embedded", action="store_true",
                         help="SQLite + file-system broker in a temp dir instead of PostgreSQL + Redis")
     parser.add_argument("--only", choices=("pipeline", "bare"), help="run one side only")
@@ -325,8 +293,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.profile:
         args.only = "pipeline"
-    if args.n < 1 or args.concurrency < 1 or args.repeat < 1:
-        parser.error("--n, --concurrency and --repeat must be at least 1")
     return args
 
 

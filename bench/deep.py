@@ -21,16 +21,15 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from psycopg import DatabaseError
 from rich.table import Table
 
-from bench.api import create_groups, create_tokens, setup_django
-from bench.docs import percentile, spread, write_section
+from bench.common import add_output_arguments, begin, console, part_parser, publish
+from bench.docs import machine_line, percentile, section_head, spread
 from bench.plans import Plan, api_request, capture, explain, label_statement, write_plans
-from bench.seed import TASK_TABLE, TENANTS, seed_tasks, status_counts
-from bench.stack import ROOT, Stack
+from bench.seed import TASK_TABLE, TENANTS, create_groups, create_tokens, seed_tasks, status_counts
+from bench.stack import ROOT
 
 DEFAULT_ROWS = 1_000_000
 DECISION_TARGET_MS = 10.0
@@ -123,29 +122,19 @@ def round_trip() -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench deep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = part_parser("deep", __doc__)
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"queued tasks (default {DEFAULT_ROWS:,})")
     parser.add_argument("--repeat", type=int, default=30, help="timed calls of each kind (default 30)")
     parser.add_argument("--cap", type=int, default=4, help="max_concurrent of each of the 4 groups (default 4)")
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the section in docs/benchmarks.md")
-    parser.add_argument("--plans", type=Path, default=ROOT / "bench" / "plans" / "deep.txt",
-                        help="where to write the EXPLAIN output (default bench/plans/deep.txt)")
+    add_output_arguments(parser, plans="deep")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
-    from bench.cli import console, machine
-
-    args = parse_args(argv)
-    info = machine()
-    command = "python -m bench deep" + (" " + " ".join(argv) if argv else "")
-    console.print(f"[bold]bench deep[/] {command}; " + "; ".join(f"{k}: {v}" for k, v in info.items()))
-    stack = Stack(embedded=False)
-    console.print(f"database {stack.database_name}, Redis key prefix {stack.prefix!r}")
+    args, command, info, stack = begin("deep", argv, parse_args)
     try:
         stack.create_database()
-        setup_django(stack, {})
+        stack.setup_django()
         from django.db import connection, connections
         from django.utils import timezone
 
@@ -216,8 +205,7 @@ def main(argv: list[str]) -> int:
                 list_plans.append(plan)
         connections.close_all()
     except (RuntimeError, KeyboardInterrupt, DatabaseError) as exc:
-        console.print(f"[red]bench deep failed:[/] {exc}")
-        return 1
+        return stack.report_failure(console, "bench deep", exc)
     finally:
         stack.close()
 
@@ -229,15 +217,12 @@ def main(argv: list[str]) -> int:
     console.print(f"plans written to {args.plans}")
     markdown = report(args, info, command, seeded.total_seconds, timings, plans, list_plans, anatomy)
     if not args.no_docs:
-        write_section("deep", markdown)
-        console.print("section 'deep' of docs/benchmarks.md rewritten")
+        publish("deep", markdown)
     return 0
 
 
 def report(args: argparse.Namespace, info: dict[str, str], command: str, seed_seconds: float,
            timings: list[Timing], plans: list[Plan], list_plans: list[Plan], anatomy: Anatomy) -> str:
-    from bench.cli import console
-
     table = Table(title=f"Dispatch over {args.rows:,} queued tasks, {args.repeat} calls each, ms")
     columns = ("call", "median", "min", "max", "p95", "note")
     for column in columns:
@@ -281,18 +266,11 @@ def report(args: argparse.Namespace, info: dict[str, str], command: str, seed_se
         console.print(f"[green]no Seq Scan on {TASK_TABLE} in any of the {len(plans + list_plans)} plans[/]")
 
     plans_path = args.plans.relative_to(ROOT) if args.plans.is_relative_to(ROOT) else args.plans
-    machine_line = ", ".join(f"{k} {v}" for k, v in info.items())
     other_seq = sorted({t for p in plans + list_plans for t in p.seq_scans if t != TASK_TABLE})
     return "\n".join([
-        f"## Dispatch over a deep queue: {args.rows:,} queued tasks (issue 9, generated {time.strftime('%Y-%m-%d')})",
-        "",
-        f"Written by `{command}` (bench/deep.py); rerun it to refresh this section.",
-        "",
-        "```",
-        f"cd /work/main && .venv/bin/{command}",
-        "```",
-        "",
-        f"Machine: {machine_line}. In-process against a throwaway PostgreSQL 15 database: {args.rows:,} queued "
+        *section_head(f"Dispatch over a deep queue: {args.rows:,} queued tasks (issue 9, generated "
+                      f"{time.strftime('%Y-%m-%d')})", command, "(bench/deep.py)"),
+        f"Machine: {machine_line(info)}. In-process against a throwaway PostgreSQL 15 database: {args.rows:,} queued "
         f"tasks (seeded in SQL in {seed_seconds:.0f} s) across 3 tenants (50/30/20 %), tools claude/codex/gemini "
         f"(50/25/25 %), priorities 1-9 (70 % at 5), 1 % scheduled in the future and 1 % waiting for a retry; 4 "
         f"groups (2 claude, codex, gemini) with max_concurrent {args.cap}, all free, so every pass leases "

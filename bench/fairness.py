@@ -22,15 +22,12 @@ import argparse
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from rich.table import Table
 
-from bench.common import FakeLog, Figure, load_average, tagged_prompt, wait_for, write_figures
-from bench.docs import spread, write_section
-from bench.stack import Stack
-
-GROUP = "claude-bench"
+from bench.common import Figure, add_output_arguments, begin, console, count, finish, part_parser, wait_for
+from bench.docs import figures_section, spread
+from bench.standin import FakeLog, tagged_prompt
 
 
 @dataclass
@@ -71,36 +68,23 @@ def positions(log: FakeLog, a_tags: list[str], b_tags: list[str], b_submitted: f
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench fairness", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--a-jobs", type=int, default=10_000, help="tenant A's jobs (default 10,000)")
-    parser.add_argument("--b-jobs", type=int, default=10, help="tenant B's jobs (default 10)")
-    parser.add_argument("--cap", type=int, default=2, help="the group's max_concurrent and -c (default 2)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs (default 3)")
-    parser.add_argument("--bare-a-jobs", type=int, default=200,
+    parser = part_parser("fairness", __doc__)
+    parser.add_argument("--a-jobs", type=count, default=10_000, help="tenant A's jobs (default 10,000)")
+    parser.add_argument("--b-jobs", type=count, default=10, help="tenant B's jobs (default 10)")
+    parser.add_argument("--cap", type=count, default=2, help="the group's max_concurrent and -c (default 2)")
+    parser.add_argument("--repeat", type=count, default=3, help="runs (default 3)")
+    parser.add_argument("--bare-a-jobs", type=count, default=200,
                         help="A's jobs in the measured bare FIFO run (default 200; N_A is extrapolated)")
     parser.add_argument("--max-wait", type=float, default=900.0,
                         help="seconds to wait for B's jobs per run; later ones are reported as lower bounds "
                              "(default 900)")
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the section in docs/benchmarks.md")
-    parser.add_argument("--summary", type=Path, help="write the summary figures (JSON) here, for `bench all`")
-    args = parser.parse_args(argv)
-    if min(args.a_jobs, args.b_jobs, args.cap, args.repeat, args.bare_a_jobs) < 1:
-        parser.error("every count must be at least 1")
-    return args
+    add_output_arguments(parser, summary=True)
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
-    from bench.api import setup_django
-    from bench.cli import console, machine
-
-    args = parse_args(argv)
-    command = "python -m bench fairness" + (" " + " ".join(argv) if argv else "")
-    info = machine()
-    console.print(f"[bold]bench fairness[/] {command}; N_A={args.a_jobs}, N_B={args.b_jobs}, cap {args.cap}, "
-                  f"{args.repeat} runs; " + "; ".join(f"{k}: {v}" for k, v in info.items()))
-    stack = Stack(embedded=False)
-    console.print(f"database {stack.database_name}, Redis key prefix {stack.prefix!r}")
+    args, command, info, stack = begin("fairness", argv, parse_args,
+                                       sizes="N_A={a_jobs}, N_B={b_jobs}, cap {cap}, {repeat} runs")
     fake_log_path = stack.var_dir / "fake-cli.jsonl"
     log = FakeLog(fake_log_path)
     runs: list[Outcome] = []
@@ -108,17 +92,13 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     try:
         stack.create_database()
-        setup_django(stack, {})
-        from django.db import connection, connections
+        stack.setup_django()
+        from django.db import connection
 
         from tasks_app.models import ACTIVE_STATUSES, EventSource, Task, TaskStatus
-        from tasks_app.services.groups import group_create
         from tasks_app.services.tasks import TaskSpec, task_create
 
-        group_create(tool="claude", account="bench", max_concurrent=args.cap,
-                     env={"FAKE_CLI_LOG": str(fake_log_path)})
-        stack.start_worker("workers", "control", 1, "control")
-        stack.start_worker("workers", GROUP, args.cap, GROUP)
+        stack.start_pipeline(args.cap, group_env={"FAKE_CLI_LOG": str(fake_log_path)})
 
         def submit(tenant: str, tags: list[str]) -> dict[str, float]:
             created = {}
@@ -152,14 +132,12 @@ def main(argv: list[str]) -> int:
             except RuntimeError:  # reported as a lower bound: the figure is then "not within --max-wait"
                 console.print(f"  [yellow]not all of B's jobs started within {args.max_wait:g} s[/]")
             runs.append(positions(log, a_tags, b_tags, b_submitted, created, "pipeline", b_submitted - began))
-            progress(console, runs[-1])
+            progress(runs[-1])
             drain(f"tenant-a-{r}")
-        stack.stop_workers()
-        connections.close_all()
 
         from bench import bare
 
-        stack.start_worker("bench.bare", bare.QUEUE, args.cap, "bare")
+        stack.start_bare(args.cap)
 
         def bare_send(tags: list[str]) -> dict[str, float]:
             sent = {}
@@ -181,24 +159,19 @@ def main(argv: list[str]) -> int:
         bare_run = positions(log, a_tags, b_tags, b_submitted, sent, "bare", b_submitted - began)
         a_starts = sorted(log.starts[t] for t in a_tags)
         bare_run.a_rate = (len(a_starts) - 1) / (a_starts[-1] - a_starts[0])  # FIFO: the whole backlog's rate
-        progress(console, bare_run)
+        progress(bare_run)
     except (RuntimeError, KeyboardInterrupt) as exc:
         return stack.report_failure(console, "bench fairness", exc)
     finally:
         stack.close()
-    elapsed = time.monotonic() - started
-    load = load_average()
-    figures = report(console, args, runs, bare_run)
-    console.print(f"load average at the end: {load}; {elapsed:.0f} s")
-    write_figures(args.summary, figures, {"command": command, "a_jobs": args.a_jobs, "b_jobs": args.b_jobs,
-                                          "repeat": args.repeat, "seconds": elapsed, "load_end": load})
-    if not args.no_docs:
-        write_section("fairness", markdown(args, info, command, runs, bare_run, figures, load, elapsed))
-        console.print("section 'fairness' of docs/benchmarks.md rewritten")
-    return 0
+    figures = report(args, runs, bare_run)
+    return finish("fairness", args, figures,
+                  {"command": command, "a_jobs": args.a_jobs, "b_jobs": args.b_jobs, "repeat": args.repeat},
+                  lambda load, elapsed: markdown(args, info, command, runs, bare_run, figures, load, elapsed),
+                  started=started)
 
 
-def progress(console, o: Outcome) -> None:
+def progress(o: Outcome) -> None:
     console.print(f"  {o.side:8} N_A={o.a_jobs} (submitted in {o.submit_seconds:.1f} s, {o.a_started_at_submit} "
                   f"started by then), N_B={o.b_jobs}: A jobs started before each B job {o.before_total}; since B "
                   f"submitted {o.before_since_submit}; B waits {', '.join(f'{w:.2f}' for w in o.waits)} s"
@@ -211,7 +184,7 @@ def fifo_wait(args: argparse.Namespace, runs: list[Outcome], bare_run: Outcome) 
     return remaining / bare_run.a_rate
 
 
-def report(console, args: argparse.Namespace, runs: list[Outcome], bare_run: Outcome) -> list[Figure]:
+def report(args: argparse.Namespace, runs: list[Outcome], bare_run: Outcome) -> list[Figure]:
     table = Table(title=f"Fairness: tenant A {args.a_jobs:,} jobs then tenant B {args.b_jobs}, cap {args.cap}; "
                         "per run, median (min..max) over B's jobs")
     for column in ("run", "A submitted in s", "A started when B came", "A before B's job (all)",
@@ -242,15 +215,16 @@ def report(console, args: argparse.Namespace, runs: list[Outcome], bare_run: Out
                         f"{max(bare_run.waits):.1f} s measured with N_A={bare_run.a_jobs}",
                target="-", met=None),
     ]
-    for f in figures:
-        colour = "green" if f.met or f.met is None else "red"
-        console.print(f"[{colour}]{f.name}: {f.value} (baseline {f.baseline}) - target {f.target} {f.verdict}[/]")
     return figures
 
 
 def markdown(args: argparse.Namespace, info: dict[str, str], command: str, runs: list[Outcome], bare_run: Outcome,
              figures: list[Figure], load: str, elapsed: float) -> str:
-    machine_line = ", ".join(f"{k} {v}" for k, v in info.items())
+    setup = (f"One group, cap {args.cap} (`-c {args.cap}`), control worker `-c 1`; A's jobs created one by one with "
+             f"`task_create` (jobs start while A is still submitting), then B's. {args.repeat} runs; B's positions "
+             f"and waits from the stand-in's start lines. Bare Celery FIFO measured with N_A={bare_run.a_jobs} (rate "
+             f"{bare_run.a_rate:.1f} jobs/s); for N_A={args.a_jobs:,} its wait is A's remaining backlog at B's "
+             "arrival / that rate.")
     lines = ["| run | A submitted in s | A started when B came | A before each B job (all) | A before each B job "
              "(since B came) | B wait s |", "|---|---|---|---|---|---|"]
     for i, o in enumerate([*runs, bare_run]):
@@ -258,25 +232,7 @@ def markdown(args: argparse.Namespace, info: dict[str, str], command: str, runs:
         lines.append(f"| {name} | {o.submit_seconds:.1f} | {o.a_started_at_submit} | "
                      f"{', '.join(map(str, o.before_total))} | {', '.join(map(str, o.before_since_submit))} | "
                      f"{', '.join(f'{w:.2f}' for w in o.waits)} |")
-    verdicts = ["| figure | measured | baseline | target | |", "|---|---|---|---|---|"]
-    verdicts += [f"| {f.name} | {f.value} | {f.baseline} | {f.target} | {f.verdict} |" for f in figures]
-    return "\n".join([
-        f"## Fairness: tenant A {args.a_jobs:,} jobs, then tenant B {args.b_jobs} (issue 9 part 5, generated "
-        f"{time.strftime('%Y-%m-%d')})",
-        "",
-        f"Written by `{command}` (bench/fairness.py, {elapsed:.0f} s); rerun it to refresh this section.",
-        "",
-        "```",
-        f"cd /work/main && .venv/bin/{command}",
-        "```",
-        "",
-        f"Machine: {machine_line}; load average at the end {load}. One group, cap {args.cap} (`-c {args.cap}`), "
-        "control worker `-c 1`; A's jobs created one by one with `task_create` (jobs start while A is still "
-        f"submitting), then B's. {args.repeat} runs; B's positions and waits from the stand-in's start lines. "
-        f"Bare Celery FIFO measured with N_A={bare_run.a_jobs} (rate {bare_run.a_rate:.1f} jobs/s); for "
-        f"N_A={args.a_jobs:,} its wait is A's remaining backlog at B's arrival / that rate.",
-        "",
-        *lines,
-        "",
-        *verdicts,
-    ])
+    title = (f"Fairness: tenant A {args.a_jobs:,} jobs, then tenant B {args.b_jobs} (issue 9 part 5, generated "
+             f"{time.strftime('%Y-%m-%d')})")
+    return figures_section(title, command, f"(bench/fairness.py, {elapsed:.0f} s)", info=info, load=load,
+                           setup=setup, table=lines, figures=figures)

@@ -17,6 +17,7 @@ CLI's output as a plain Celery task would (`subprocess.run(capture_output=True)`
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import threading
 import time
@@ -26,11 +27,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-from bench.common import Figure, load_average, tagged_prompt, wait_for, worker_rss_bytes, write_figures
-from bench.docs import write_section
-from bench.stack import Stack
+from bench.common import Figure, add_output_arguments, begin, console, count, finish, part_parser, wait_for
+from bench.docs import figures_section
+from bench.stack import stat_fields
+from bench.standin import tagged_prompt
 
-GROUP = "claude-bench"
 NO_RECYCLING = {"SCHEDULER_WORKER_MAX_TASKS_PER_CHILD": "1000000"}
 GROWTH_TARGET_FRACTION = 0.10  # "no growth beyond noise": under 10 % of the starting RSS
 BIG_PEAK_TARGET_MB = 64.0  # bounded: the peak over the pre-job RSS stays far below the CLI's output
@@ -56,6 +57,34 @@ class Side:
     @property
     def big_growth(self) -> int:
         return self.big_peak - self.big_base
+
+
+def vm_rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children, by the ppid field of every /proc/<pid>/stat (no /proc/…/children on this kernel)."""
+    found: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = stat_fields(int(entry.name))
+        if fields is not None and int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def worker_rss_bytes(pid: int) -> tuple[int, int]:
+    """(main process RSS + its pool children's RSS, number of pool children). CLI grandchildren are left out."""
+    children = children_of(pid)
+    return vm_rss_bytes(pid) + sum(vm_rss_bytes(c) for c in children), len(children)
 
 
 class Sampler:
@@ -93,7 +122,7 @@ def settled_rss(pid: int, seconds: float = 2.0) -> int:
 
 
 def measure(side: Side, pid: int, *, n: int, warmup: int, big_bytes: int, submit: Callable[[int, str], None],
-            done: Callable[[str, int], bool], console) -> None:
+            done: Callable[[str, int], bool]) -> None:
     submit(warmup, "warmup")
     wait_for(lambda: done("warmup", warmup), timeout=120, what=f"{side.name} warm-up", interval=0.1)
     side.before = settled_rss(pid)
@@ -125,47 +154,30 @@ def mb(value: float) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench footprint", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=10_000, help="no-op jobs per side (default 10,000)")
-    parser.add_argument("--concurrency", type=int, default=2, help="pool processes and group cap (default 2)")
-    parser.add_argument("--big-mb", type=int, default=200, help="stdout of the big job, in MB (default 200)")
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the section in docs/benchmarks.md")
-    parser.add_argument("--summary", type=Path, help="write the summary figures (JSON) here, for `bench all`")
-    args = parser.parse_args(argv)
-    if min(args.n, args.concurrency, args.big_mb) < 1:
-        parser.error("--n, --concurrency and --big-mb must be at least 1")
-    return args
+    parser = part_parser("footprint", __doc__)
+    parser.add_argument("--n", type=count, default=10_000, help="no-op jobs per side (default 10,000)")
+    parser.add_argument("--concurrency", type=count, default=2, help="pool processes and group cap (default 2)")
+    parser.add_argument("--big-mb", type=count, default=200, help="stdout of the big job, in MB (default 200)")
+    add_output_arguments(parser, summary=True)
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
-    from bench.api import setup_django
-    from bench.cli import console, machine
-
-    args = parse_args(argv)
-    command = "python -m bench footprint" + (" " + " ".join(argv) if argv else "")
-    info = machine()
-    console.print(f"[bold]bench footprint[/] {command}; N={args.n}, C={args.concurrency}, big job {args.big_mb} MB; "
-                  + "; ".join(f"{k}: {v}" for k, v in info.items()))
-    stack = Stack(embedded=False)
-    console.print(f"database {stack.database_name}, Redis key prefix {stack.prefix!r}")
+    args, command, info, stack = begin("footprint", argv, parse_args,
+                                       sizes="N={n}, C={concurrency}, big job {big_mb} MB")
     big_bytes = args.big_mb * 1_000_000
     warmup = 2 * args.concurrency
     pipeline, bare_side = Side("pipeline"), Side("bare")
     started = time.monotonic()
     try:
         stack.create_database()
-        setup_django(stack, NO_RECYCLING)
-        from django.db import connections
+        stack.setup_django(NO_RECYCLING)
         from django.db.models import Count
 
         from tasks_app.models import EventSource, Task, TaskStatus
-        from tasks_app.services.groups import group_create
         from tasks_app.services.tasks import TaskSpec, task_create
 
-        group_create(tool="claude", account="bench", max_concurrent=args.concurrency)
-        stack.start_worker("workers", "control", 1, "control", NO_RECYCLING)
-        worker = stack.start_worker("workers", GROUP, args.concurrency, GROUP, NO_RECYCLING)
+        worker = stack.start_pipeline(args.concurrency, extra_env=NO_RECYCLING)
 
         def submit(n: int, label: str) -> None:
             prompt = tagged_prompt(label, stdout_bytes=big_bytes) if label == "big" else "noop"
@@ -185,14 +197,11 @@ def main(argv: list[str]) -> int:
                 raise RuntimeError(f"{label} jobs ended {broken}; e.g. {task.pk}: {task.error_message!r}")
             return counts.get(TaskStatus.SUCCEEDED, 0) == n
 
-        measure(pipeline, worker.proc.pid, n=args.n, warmup=warmup, big_bytes=big_bytes, submit=submit, done=done,
-                console=console)
-        stack.stop_workers()
-        connections.close_all()
+        measure(pipeline, worker.proc.pid, n=args.n, warmup=warmup, big_bytes=big_bytes, submit=submit, done=done)
 
         from bench import bare
 
-        bare_worker = stack.start_worker("bench.bare", bare.QUEUE, args.concurrency, "bare", NO_RECYCLING)
+        bare_worker = stack.start_bare(args.concurrency, NO_RECYCLING)
         fake_log = str(stack.var_dir / "bare-fake-cli.jsonl")
 
         def bare_submit(n: int, label: str) -> None:
@@ -204,25 +213,15 @@ def main(argv: list[str]) -> int:
             return bare.completions(f"{stack.prefix}footprint-{label}") >= n
 
         measure(bare_side, bare_worker.proc.pid, n=args.n, warmup=warmup, big_bytes=big_bytes, submit=bare_submit,
-                done=bare_done, console=console)
+                done=bare_done)
     except (RuntimeError, KeyboardInterrupt) as exc:
-        console.print(f"[red]bench footprint failed:[/] {exc}")
-        for w in stack.workers:
-            if w.log.exists():
-                console.print(f"--- {w.log.name}\n{w.log.read_text(errors='replace')[-3000:]}")
-        return 1
+        return stack.report_failure(console, "bench footprint", exc)
     finally:
         stack.close()
-    elapsed = time.monotonic() - started
-    load = load_average()
-    figures = report(console, args, pipeline, bare_side)
-    console.print(f"load average at the end: {load}; {elapsed:.0f} s")
-    write_figures(args.summary, figures, {"command": command, "n": args.n, "big_mb": args.big_mb,
-                                          "seconds": elapsed, "load_end": load})
-    if not args.no_docs:
-        write_section("footprint", markdown(args, info, command, pipeline, bare_side, figures, load, elapsed))
-        console.print("section 'footprint' of docs/benchmarks.md rewritten")
-    return 0
+    figures = report(args, pipeline, bare_side)
+    return finish("footprint", args, figures, {"command": command, "n": args.n, "big_mb": args.big_mb},
+                  lambda load, elapsed: markdown(args, info, command, pipeline, bare_side, figures, load, elapsed),
+                  started=started)
 
 
 def rows(sides: tuple[Side, ...]) -> list[list[str]]:
@@ -235,7 +234,7 @@ COLUMNS = ("worker", "RSS before MB", "during N jobs MB", "after MB", "growth MB
            "peak during big job MB", "peak over before MB", "after big job MB")
 
 
-def report(console, args: argparse.Namespace, pipeline: Side, bare_side: Side) -> list[Figure]:
+def report(args: argparse.Namespace, pipeline: Side, bare_side: Side) -> list[Figure]:
     table = Table(title=f"Worker RSS (main + {args.concurrency} pool processes), N={args.n} jobs, "
                         f"{args.big_mb} MB stdout job")
     for column in COLUMNS:
@@ -257,38 +256,21 @@ def report(console, args: argparse.Namespace, pipeline: Side, bare_side: Side) -
                baseline=f"{bare_side.big_growth / 1024 / 1024:+.1f} MB (peak {mb(bare_side.big_peak)}) bare",
                target=f"< {BIG_PEAK_TARGET_MB:g} MB", met=big_met),
     ]
-    for f in figures:
-        console.print(f"[{'green' if f.met else 'red'}]{f.name}: {f.value} (baseline {f.baseline}) - target "
-                      f"{f.target} {f.verdict}[/]")
     return figures
 
 
 def markdown(args: argparse.Namespace, info: dict[str, str], command: str, pipeline: Side, bare_side: Side,
              figures: list[Figure], load: str, elapsed: float) -> str:
-    machine_line = ", ".join(f"{k} {v}" for k, v in info.items())
+    setup = (f"RSS = VmRSS of the worker's main process + its {args.concurrency} pool processes (CLIs not counted), "
+             f"`-c {args.concurrency}`, pool recycling off on both sides "
+             "(`SCHEDULER_WORKER_MAX_TASKS_PER_CHILD=1000000`; the product default 500 would mask a leak). "
+             f"N={args.n:,} no-op jobs (pipeline {pipeline.jobs_seconds:.0f} s, bare {bare_side.jobs_seconds:.0f} "
+             "s), sampled every second; the big job sampled every 100 ms. The bare task keeps the CLI's output the way "
+             "a plain Celery task would (`subprocess.run(capture_output=True)`); the product's executor keeps a "
+             "bounded head + tail (`SCHEDULER_STDOUT_LIMIT`).")
     table = [f"| {' | '.join(COLUMNS)} |", f"|{'---|' * len(COLUMNS)}"]
     table += [f"| {' | '.join(row)} |" for row in rows((pipeline, bare_side))]
-    verdicts = ["| figure | measured | baseline | target | |", "|---|---|---|---|---|"]
-    verdicts += [f"| {f.name} | {f.value} | {f.baseline} | {f.target} | {f.verdict} |" for f in figures]
-    return "\n".join([
-        f"## Worker footprint: RSS over {args.n:,} jobs and a {args.big_mb} MB stdout job (issue 9 part 4, "
-        f"generated {time.strftime('%Y-%m-%d')})",
-        "",
-        f"Written by `{command}` (bench/footprint.py, {elapsed:.0f} s); rerun it to refresh this section.",
-        "",
-        "```",
-        f"cd /work/main && .venv/bin/{command}",
-        "```",
-        "",
-        f"Machine: {machine_line}; load average at the end {load}. RSS = VmRSS of the worker's main process + its "
-        f"{args.concurrency} pool processes (CLIs not counted), `-c {args.concurrency}`, pool recycling off on both "
-        "sides (`SCHEDULER_WORKER_MAX_TASKS_PER_CHILD=1000000`; the product default 500 would mask a leak). "
-        f"N={args.n:,} no-op jobs (pipeline {pipeline.jobs_seconds:.0f} s, bare {bare_side.jobs_seconds:.0f} s), "
-        "sampled every second; the big job sampled every 100 ms. The bare task keeps the CLI's output the way a "
-        "plain Celery task would (`subprocess.run(capture_output=True)`); the product's executor keeps a bounded "
-        "head + tail (`SCHEDULER_STDOUT_LIMIT`).",
-        "",
-        *table,
-        "",
-        *verdicts,
-    ])
+    title = (f"Worker footprint: RSS over {args.n:,} jobs and a {args.big_mb} MB stdout job (issue 9 part 4, "
+             f"generated {time.strftime('%Y-%m-%d')})")
+    return figures_section(title, command, f"(bench/footprint.py, {elapsed:.0f} s)", info=info, load=load,
+                           setup=setup, table=table, figures=figures)

@@ -22,21 +22,28 @@ import argparse
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
-from pathlib import Path
 
 from rich.table import Table
 
-from bench.common import FakeLog, Figure, load_average, percentiles_ms, tagged_prompt, wait_for, write_figures
-from bench.docs import spread, write_section
-from bench.stack import Stack
+from bench.common import Figure, add_output_arguments, begin, console, count, finish, part_parser, wait_for
+from bench.docs import figures_section, percentile, spread
+from bench.stack import GROUP
+from bench.standin import FakeLog, tagged_prompt
 
 P50_TARGET_MS = 100.0
 P99_TARGET_MS = 1000.0
-GROUP, SERIAL_GROUP = "claude-bench", "claude-serial"
+SERIAL_GROUP = "claude-serial"
 BARE_SERIAL_QUEUE = "bench-bare-serial"
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    ordered = sorted(1000 * s for s in seconds)
+    return {"p50": percentile(ordered, 0.5), "p95": percentile(ordered, 0.95), "p99": percentile(ordered, 0.99),
+            "max": ordered[-1] if ordered else float("nan")}
 
 
 @dataclass
@@ -49,36 +56,32 @@ class Trigger:
     def stat(self, name: str) -> list[float]:
         return [percentiles_ms(run)[name] for run in self.runs if run]
 
+    def measure(self, run: Callable[[str, int], list[float]], n: int, repeat: int) -> None:
+        """`repeat` runs of `run(prefix, n)`, each printed as it ends."""
+        for r in range(repeat):
+            self.runs.append(run(f"{self.key}-{r}", n))
+            progress(self, r)
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench latency", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=100, help="jobs per run for 'created' and 'slot freed' (default 100)")
-    parser.add_argument("--n-scheduled", type=int, default=40,
+    parser = part_parser("latency", __doc__)
+    parser.add_argument("--n", type=count, default=100,
+                        help="jobs per run for 'created' and 'slot freed' (default 100)")
+    parser.add_argument("--n-scheduled", type=count, default=40,
                         help="jobs per run for 'scheduled_at reached' (1.6 x tick apart; default 40)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each trigger (default 3)")
-    parser.add_argument("--concurrency", type=int, default=2, help="cap and -c of the free group (default 2)")
+    parser.add_argument("--repeat", type=count, default=3, help="runs of each trigger (default 3)")
+    parser.add_argument("--concurrency", type=count, default=2, help="cap and -c of the free group (default 2)")
     parser.add_argument("--tick", type=float, default=1.0, help="SCHEDULER_TICK_SECONDS for beat (default 1)")
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the section in docs/benchmarks.md")
-    parser.add_argument("--summary", type=Path, help="write the summary figures (JSON) here, for `bench all`")
+    add_output_arguments(parser, summary=True)
     args = parser.parse_args(argv)
-    if min(args.n, args.n_scheduled, args.repeat, args.concurrency) < 1 or args.tick <= 0:
-        parser.error("--n, --n-scheduled, --repeat and --concurrency must be at least 1, --tick positive")
+    if args.tick <= 0:
+        parser.error("--tick must be positive")
     return args
 
 
 def main(argv: list[str]) -> int:
-    from bench.api import setup_django
-    from bench.cli import console, machine
-
-    args = parse_args(argv)
-    command = "python -m bench latency" + (" " + " ".join(argv) if argv else "")
-    info = machine()
-    console.print(f"[bold]bench latency[/] {command}; N={args.n} (scheduled {args.n_scheduled}) x {args.repeat} "
-                  f"runs, C={args.concurrency}, tick {args.tick:g} s; "
-                  + "; ".join(f"{k}: {v}" for k, v in info.items()))
-    stack = Stack(embedded=False)
-    console.print(f"database {stack.database_name}, Redis key prefix {stack.prefix!r}")
+    args, command, info, stack = begin("latency", argv, parse_args, sizes="N={n} (scheduled {n_scheduled}) x {repeat} "
+                                       "runs, C={concurrency}, tick {tick:g} s")
     fake_log_path = stack.var_dir / "fake-cli.jsonl"
     log = FakeLog(fake_log_path)
     created = Trigger("created", "created", "Task.created_at")
@@ -91,18 +94,14 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     try:
         stack.create_database()
-        setup_django(stack, tick_env)
-        from django.db import connections
-
+        stack.setup_django(tick_env)
         from tasks_app.models import EventSource, TaskEvent, TaskStatus
         from tasks_app.services.groups import group_create
         from tasks_app.services.tasks import TaskSpec, task_create
 
         group_env = {"FAKE_CLI_LOG": str(fake_log_path)}
-        group_create(tool="claude", account="bench", max_concurrent=args.concurrency, env=group_env)
+        stack.start_pipeline(args.concurrency, group_env=group_env, extra_env=tick_env)
         group_create(tool="claude", account="serial", max_concurrent=1, env=group_env)
-        stack.start_worker("workers", "control", 1, "control", tick_env)
-        stack.start_worker("workers", GROUP, args.concurrency, GROUP, tick_env)
         stack.start_worker("workers", SERIAL_GROUP, 1, SERIAL_GROUP, tick_env)
 
         def create(tag: str, group: str, at: datetime | None = None) -> tuple[str, float]:
@@ -157,24 +156,18 @@ def main(argv: list[str]) -> int:
 
         created_run("warmup-created", 2 * args.concurrency)
         slot_run("warmup-slot", 3)
-        for r in range(args.repeat):
-            created.runs.append(created_run(f"created-{r}", args.n))
-            progress(console, created, r)
+        created.measure(created_run, args.n, args.repeat)
         for r in range(args.repeat):
             commit_gaps, exit_gaps = slot_run(f"slot-{r}", args.n)
             slot.runs.append(commit_gaps)
             slot_cli.runs.append(exit_gaps)
-            progress(console, slot, r)
+            progress(slot, r)
         stack.start_beat(tick_env)  # only now: its passes would add noise to the other triggers
-        for r in range(args.repeat):
-            scheduled.runs.append(scheduled_run(f"scheduled-{r}", args.n_scheduled))
-            progress(console, scheduled, r)
-        stack.stop_workers()
-        connections.close_all()
+        scheduled.measure(scheduled_run, args.n_scheduled, args.repeat)
 
         from bench import bare
 
-        stack.start_worker("bench.bare", bare.QUEUE, args.concurrency, "bare")
+        stack.start_bare(args.concurrency)
         stack.start_worker("bench.bare", BARE_SERIAL_QUEUE, 1, "bare-serial")
 
         def bare_send_run(prefix: str, n: int) -> list[float]:
@@ -195,30 +188,21 @@ def main(argv: list[str]) -> int:
 
         bare_send_run("warmup-bare", 2 * args.concurrency)
         bare_serial_run("warmup-bare-serial", 3)
-        for r in range(args.repeat):
-            bare_send.runs.append(bare_send_run(f"bare-send-{r}", args.n))
-            progress(console, bare_send, r)
-        for r in range(args.repeat):
-            bare_serial.runs.append(bare_serial_run(f"bare-serial-{r}", args.n))
-            progress(console, bare_serial, r)
+        bare_send.measure(bare_send_run, args.n, args.repeat)
+        bare_serial.measure(bare_serial_run, args.n, args.repeat)
     except (RuntimeError, KeyboardInterrupt) as exc:
         return stack.report_failure(console, "bench latency", exc)
     finally:
         stack.close()
-    elapsed = time.monotonic() - started
     triggers = [created, scheduled, slot, slot_cli, bare_send, bare_serial]
-    figures = report(console, args, triggers)
-    load = load_average()
-    console.print(f"load average at the end: {load}; {elapsed:.0f} s")
-    write_figures(args.summary, figures, {"command": command, "n": args.n, "n_scheduled": args.n_scheduled,
-                                          "repeat": args.repeat, "seconds": elapsed, "load_end": load})
-    if not args.no_docs:
-        write_section("latency", markdown(args, info, command, triggers, figures, load, elapsed))
-        console.print("section 'latency' of docs/benchmarks.md rewritten")
-    return 0
+    figures = report(args, triggers)
+    return finish("latency", args, figures,
+                  {"command": command, "n": args.n, "n_scheduled": args.n_scheduled, "repeat": args.repeat},
+                  lambda load, elapsed: markdown(args, info, command, triggers, figures, load, elapsed),
+                  started=started)
 
 
-def progress(console, trigger: Trigger, index: int) -> None:
+def progress(trigger: Trigger, index: int) -> None:
     p = percentiles_ms(trigger.runs[-1])
     console.print(f"  {trigger.title:24} run {index + 1}: {len(trigger.runs[-1]):4} jobs  p50 {p['p50']:7.1f}  "
                   f"p95 {p['p95']:7.1f}  p99 {p['p99']:7.1f}  max {p['max']:7.1f} ms")
@@ -228,7 +212,7 @@ def verdict(value: float, target: float) -> bool:
     return value < target
 
 
-def report(console, args: argparse.Namespace, triggers: list[Trigger]) -> list[Figure]:
+def report(args: argparse.Namespace, triggers: list[Trigger]) -> list[Figure]:
     table = Table(title=f"Dispatch latency, runnable -> CLI start, ms; median (min..max) over {args.repeat} runs")
     for column in ("trigger", "runnable at", "jobs/run", "p50", "p95", "p99", "max"):
         table.add_column(column, justify="left" if column in ("trigger", "runnable at") else "right")
@@ -249,40 +233,22 @@ def report(console, args: argparse.Namespace, triggers: list[Trigger]) -> list[F
                 value=f"{spread(trigger.stat(stat))} ms",
                 baseline=f"{spread(base.stat(stat))} ms ({base.title})", target=f"< {target:g} ms", met=met,
             ))
-    for f in figures:
-        colour = "green" if f.met else "red"
-        console.print(f"[{colour}]{f.name} {f.value} (baseline {f.baseline}) - target {f.target} {f.verdict}[/]")
     return figures
 
 
 def markdown(args: argparse.Namespace, info: dict[str, str], command: str, triggers: list[Trigger],
              figures: list[Figure], load: str, elapsed: float) -> str:
-    machine_line = ", ".join(f"{k} {v}" for k, v in info.items())
+    setup = (f"PostgreSQL + Redis on the box; control worker `-c 1`, group `{GROUP}` (cap {args.concurrency}, "
+             f"`-c {args.concurrency}`), group `{SERIAL_GROUP}` (cap 1, `-c 1`), beat with "
+             f"`SCHEDULER_TICK_SECONDS={args.tick:g}` for the scheduled trigger only. CLI start = the stand-in's own "
+             "`start` log line (`time.time()` in the CLI process, after its interpreter started, ~30-50 ms). "
+             f"{args.repeat} runs of {args.n} jobs ({args.n_scheduled} for scheduled); percentiles per run, then "
+             "median (min\N{EN DASH}max) over the runs. With this few jobs a run's p99 is one of its 2 largest values.")
     lines = ["| trigger | runnable at | jobs/run | p50 ms | p95 ms | p99 ms | max ms |",
              "|---|---|---|---|---|---|---|"]
     for t in triggers:
         lines.append(f"| {t.title} | {t.runnable} | {len(t.runs[0]) if t.runs else 0} | "
                      + " | ".join(spread(t.stat(s)) for s in ("p50", "p95", "p99", "max")) + " |")
-    verdicts = ["| figure | measured | baseline | target | |", "|---|---|---|---|---|"]
-    verdicts += [f"| {f.name} | {f.value} | {f.baseline} | {f.target} | {f.verdict} |" for f in figures]
-    return "\n".join([
-        f"## Dispatch latency: runnable -> CLI start (issue 9 part 2, generated {time.strftime('%Y-%m-%d')})",
-        "",
-        f"Written by `{command}` (bench/latency.py, {elapsed:.0f} s); rerun it to refresh this section.",
-        "",
-        "```",
-        f"cd /work/main && .venv/bin/{command}",
-        "```",
-        "",
-        f"Machine: {machine_line}; load average at the end {load}. PostgreSQL + Redis on the box; control worker "
-        f"`-c 1`, group `{GROUP}` (cap {args.concurrency}, `-c {args.concurrency}`), group `{SERIAL_GROUP}` (cap 1, "
-        f"`-c 1`), beat with `SCHEDULER_TICK_SECONDS={args.tick:g}` for the scheduled trigger only. CLI start = the "
-        "stand-in's own `start` log line (`time.time()` in the CLI process, after its interpreter started, "
-        f"~30-50 ms). {args.repeat} runs of {args.n} jobs ({args.n_scheduled} for scheduled); percentiles per run, "
-        "then median (min\N{EN DASH}max) over the runs. With this few jobs a run's p99 is one of its 2 largest "
-        "values.",
-        "",
-        *lines,
-        "",
-        *verdicts,
-    ])
+    title = f"Dispatch latency: runnable -> CLI start (issue 9 part 2, generated {time.strftime('%Y-%m-%d')})"
+    return figures_section(title, command, f"(bench/latency.py, {elapsed:.0f} s)", info=info, load=load, setup=setup,
+                           table=lines, figures=figures)

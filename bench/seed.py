@@ -1,4 +1,5 @@
 """Bulk rows for the database benchmarks: one `INSERT … SELECT generate_series` in PostgreSQL, not the ORM.
+The few rows around them (worker groups, a user and a token per tenant) go through the product's services.
 
 The task table's secondary indexes are dropped for the load and rebuilt from their own definitions
 (`pg_indexes`), foreign-key triggers are skipped (``session_replication_role = replica``: the bench
@@ -18,6 +19,7 @@ TOOLS = (("claude", 0.5), ("codex", 0.25), ("gemini", 0.25))
 # "history": a service's table after a month: mostly finished rows, a tenth still queued.
 HISTORY_STATUSES = (("succeeded", 0.75), ("failed", 0.08), ("canceled", 0.05), ("queued", 0.12))
 SECONDS_BETWEEN_ROWS = 2.5  # 1M rows span about a month of created_at, oldest first on disk
+GROUPS = (("claude", "team-a"), ("claude", "team-b"), ("codex", "team-a"), ("gemini", "team-a"))
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,27 @@ class SeedResult:
     @property
     def total_seconds(self) -> float:
         return self.insert_seconds + self.index_seconds + self.vacuum_seconds
+
+
+def create_groups(max_concurrent: int) -> dict[str, list[int]]:
+    """The worker groups (GROUPS) through the product's service; returns the group ids of each tool."""
+    from tasks_app.services.groups import group_create
+
+    ids: dict[str, list[int]] = {}
+    for tool, account in GROUPS:
+        ids.setdefault(tool, []).append(group_create(tool=tool, account=account, max_concurrent=max_concurrent).pk)
+    return ids
+
+
+def create_tokens() -> dict[str, str]:
+    """A user and an API token per tenant, through the product's services; returns the token of each tenant."""
+    from tasks_app.services.accounts import token_create, user_create
+
+    keys = {}
+    for tenant, _share in TENANTS:
+        user_create(username=f"bench-{tenant}", tenant=tenant)
+        keys[tenant] = token_create(username=f"bench-{tenant}", name="bench")[1]
+    return keys
 
 
 def _case(column: str, shares: tuple[tuple[str, float], ...]) -> str:
@@ -59,8 +82,8 @@ def seed_tasks(database_url: str, *, rows: int, groups: dict[str, list[int]], qu
         INSERT INTO {TASK_TABLE} (
             id, tenant, created_by, tool, model, prompt, output_files, priority, status, scheduled_at,
             worker_group_pinned, attempt, attempt_base, max_attempts, next_attempt_at, timeout_seconds,
-            request_fingerprint, result, error_message, started_at, finished_at, metadata, created_at,
-            updated_at, worker_group_id
+            request_fingerprint, result, error_message, started_at, finished_at, metadata, cancel_source,
+            cancel_actor, cancel_reason, created_at, updated_at, worker_group_id
         )
         SELECT
             gen_random_uuid(), tenant, 'bench-' || tenant, tool, '',
@@ -74,7 +97,7 @@ def seed_tasks(database_url: str, *, rows: int, groups: dict[str, list[int]], qu
             CASE WHEN status = 'failed' THEN 'exit code 1' ELSE '' END,
             CASE WHEN status <> 'queued' THEN created_at + interval '5 seconds' END,
             CASE WHEN status <> 'queued' THEN created_at + interval '65 seconds' END,
-            '{{}}'::jsonb, created_at, created_at,
+            '{{}}'::jsonb, '', '', '', created_at, created_at,
             CASE WHEN status = 'queued' THEN NULL ELSE CASE tool {group_case} END END
         FROM (
             SELECT i, r3, r4,

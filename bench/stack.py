@@ -11,7 +11,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,11 +18,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.procs import stand_in_env, stop_process_groups
+
 ROOT = Path(__file__).resolve().parent.parent
-FAKES_BIN = ROOT / "tests" / "fakes" / "bin"
 PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 PG_URL_TEMPLATE = "postgres://postgres@127.0.0.1:5432/{name}"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+GROUP = "claude-bench"  # the worker group the parts measure: tool claude, account "bench", its own queue
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -64,22 +65,19 @@ class Stack:
         return "filesystem://" if self.embedded else REDIS_URL
 
     def env(self) -> dict[str, str]:
-        """The environment of every process of the run, the bench's own included (same as tests/conftest)."""
-        env = dict(os.environ)
-        env.update(
-            DJANGO_SETTINGS_MODULE="scheduler_site.settings",
-            DATABASE_URL=self.database_url,
-            CELERY_BROKER_URL=self.broker_url,
-            SCHEDULER_BROKER_PREFIX="" if self.embedded else self.prefix,
-            SCHEDULER_VAR_DIR=str(self.var_dir),
-            SCHEDULER_WORK_DIR=str(self.var_dir / "work"),
-            SCHEDULER_CLAUDE_BIN=str(FAKES_BIN / "claude"),
-            SCHEDULER_CODEX_BIN=str(FAKES_BIN / "codex"),
-            SCHEDULER_GEMINI_BIN=str(FAKES_BIN / "gemini"),
-            SCHEDULER_KILL_GRACE_SECONDS="2",
-            PYTHONUNBUFFERED="1",
-            LOG_LEVEL="WARNING",
-        )
+        """The environment of every process of the run, the bench's own included (as tests/conftest.py's)."""
+        env = stand_in_env(database_url=self.database_url, broker_url=self.broker_url, var_dir=self.var_dir,
+                           work_dir=self.var_dir / "work")
+        env.update(SCHEDULER_BROKER_PREFIX="" if self.embedded else self.prefix, LOG_LEVEL="WARNING")
+        return env
+
+    def setup_django(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """Django in this process against the run's database and broker; returns the environment it read."""
+        import django
+
+        env = {**self.env(), **(extra or {})}
+        os.environ.update(env)  # before setup: settings read the environment once
+        django.setup()
         return env
 
     # --- database -----------------------------------------------------------------------------------
@@ -105,98 +103,72 @@ class Stack:
     # --- workers -------------------------------------------------------------------------------------
     def start_worker(self, app: str, queues: str, concurrency: int, name: str,
                      extra_env: dict[str, str] | None = None) -> Worker:
+        argv = ["-A", app, "worker", "-Q", queues, "-c", str(concurrency), "-n", f"{name}-{self.token}@%h",
+                "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        return self._spawn(name, argv, extra_env, ready="ready.", what=f"worker {name}")
+
+    def start_beat(self, extra_env: dict[str, str] | None = None) -> Worker:
+        """The product's beat (django-celery-beat's DatabaseScheduler), as tests/conftest.py starts it."""
+        argv = ["-A", "workers", "beat", "-S", "django_celery_beat.schedulers:DatabaseScheduler", "-s",
+                str(self.var_dir / "beat-db"), "--loglevel", "INFO"]
+        return self._spawn("beat", argv, extra_env, ready="beat: Starting...", what="beat")
+
+    def _spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None, *, ready: str,
+               what: str) -> Worker:
+        """`celery <argv>` in its own session, logging to <name>.log, stopped with the others by `stop_workers`;
+        returns once the log says `ready`."""
         log = self.var_dir / f"{name}.log"
         console_path = self.var_dir / f"{name}.out"
         with console_path.open("wb") as console:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues, "-c", str(concurrency),
-                 "-n", f"{name}-{self.token}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-                 "--without-heartbeat", "-f", str(log)],
+                [sys.executable, "-m", "celery", *argv, "-f", str(log)],
                 cwd=ROOT, env={**self.env(), **(extra_env or {})}, stdout=console, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         worker = Worker(name=name, proc=proc, log=log)
         self.workers.append(worker)
         deadline = time.monotonic() + 60
-        while proc.poll() is None and not (log.exists() and "ready." in log.read_text(errors="replace")):
+        while proc.poll() is None and not (log.exists() and ready in log.read_text(errors="replace")):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"worker {name} not ready after 60 s; see {log}")
+                raise RuntimeError(f"{what} not ready after 60 s; see {log}")
             time.sleep(0.05)
         if proc.poll() is not None:
             output = console_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"worker {name} exited with {proc.returncode}:\n{output}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{output}")
         return worker
 
-    def start_beat(self, extra_env: dict[str, str] | None = None) -> Worker:
-        """The product's beat (django-celery-beat's DatabaseScheduler), as tests/conftest.py starts it."""
-        log = self.var_dir / "beat.log"
-        console_path = self.var_dir / "beat.out"
-        with console_path.open("wb") as console:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "workers", "beat", "-S",
-                 "django_celery_beat.schedulers:DatabaseScheduler", "-s", str(self.var_dir / "beat-db"),
-                 "--loglevel", "INFO", "-f", str(log)],
-                cwd=ROOT, env={**self.env(), **(extra_env or {})}, stdout=console, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        beat = Worker(name="beat", proc=proc, log=log)
-        self.workers.append(beat)  # stopped with the workers
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and not (log.exists() and "beat: Starting..." in log.read_text(errors="replace")):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"beat not ready after 60 s; see {log}")
-            time.sleep(0.05)
-        if proc.poll() is not None:
-            output = console_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"beat exited with {proc.returncode}:\n{output}")
-        return beat
-
-    def stop_worker(self, name: str) -> None:
-        """Stop one worker (or the beat) of the run: SIGTERM to its process group, SIGKILL after 15 s."""
-        worker = self.worker(name)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.proc.pid, signal.SIGTERM)
-        try:
-            worker.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.proc.pid, signal.SIGKILL)
-            worker.proc.wait(timeout=5)
-        self.workers.remove(worker)
-
-    def worker(self, name: str) -> Worker:
-        return next(w for w in self.workers if w.name == name)
-
     def stop_workers(self) -> None:
-        for worker in self.workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.proc.pid, signal.SIGTERM)
-        for worker in self.workers:
-            try:
-                worker.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(worker.proc.pid, signal.SIGKILL)
-                worker.proc.wait(timeout=5)
+        """SIGTERM to every worker's (and the beat's) process group, SIGKILL after 15 s."""
+        stop_process_groups(w.proc for w in self.workers)
         self.workers = []
+
+    def start_pipeline(self, concurrency: int, *, max_concurrent: int | None = None, app: str = "workers",
+                       group_env: dict[str, str] | None = None, extra_env: dict[str, str] | None = None) -> Worker:
+        """The product side (Django set up): the group GROUP (cap `max_concurrent`, default `concurrency`; `group_env`
+        for its CLI), a control worker (-c 1) and the group's worker (-c `concurrency`), which is returned."""
+        from tasks_app.services.groups import group_create
+
+        group_create(tool="claude", account="bench", max_concurrent=max_concurrent or concurrency, env=group_env)
+        self.start_worker(app, "control", 1, "control", extra_env)
+        return self.start_worker(app, GROUP, concurrency, GROUP, extra_env)
+
+    def start_bare(self, concurrency: int, extra_env: dict[str, str] | None = None) -> Worker:
+        """After the product side: its workers stopped and this process's connections closed, the baseline's
+        worker (`celery -A bench.bare`, -c `concurrency`)."""
+        from django.db import connections
+
+        from bench import bare
+
+        self.stop_workers()
+        connections.close_all()
+        return self.start_worker("bench.bare", bare.QUEUE, concurrency, "bare", extra_env)
 
     def worker_cpu_seconds(self) -> dict[str, float]:
         return {w.name: tree_cpu_seconds(w.proc.pid) for w in self.workers}
 
     # --- redis ---------------------------------------------------------------------------------------
-    def delete_redis_keys_matching(self, pattern: str) -> int:
+    def delete_redis_keys_matching(self, pattern: str = "*") -> int:
         """Delete this run's keys `<prefix><pattern>` (SCAN MATCH; nothing outside the prefix)."""
-        if self.embedded:
-            return 0
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{self.prefix}{pattern}", count=500))
-        deleted = client.delete(*keys) if keys else 0
-        client.close()
-        return deleted
-
-    def delete_redis_keys(self) -> int:
         if self.embedded:
             return 0
         import redis
@@ -204,7 +176,7 @@ class Stack:
         client = redis.Redis.from_url(REDIS_URL)
         deleted = 0
         batch: list[bytes] = []
-        for key in client.scan_iter(match=f"{self.prefix}*", count=500):
+        for key in client.scan_iter(match=f"{self.prefix}{pattern}", count=500):
             batch.append(key)
             if len(batch) >= 500:
                 deleted += client.delete(*batch)
@@ -231,12 +203,12 @@ class Stack:
 
             connections.close_all()
         self.drop_database()
-        self.delete_redis_keys()
+        self.delete_redis_keys_matching()
         shutil.rmtree(self.var_dir, ignore_errors=True)
 
 
 # --- CPU accounting ----------------------------------------------------------------------------------
-def _stat_fields(pid: int) -> list[str] | None:
+def stat_fields(pid: int) -> list[str] | None:
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
@@ -257,7 +229,7 @@ def tree_cpu_seconds(root: int) -> float:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        fields = _stat_fields(int(entry.name))
+        fields = stat_fields(int(entry.name))
         if fields is None:
             continue
         pid = int(entry.name)

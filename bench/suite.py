@@ -26,29 +26,40 @@ from pathlib import Path
 
 from rich.table import Table
 
-from bench.common import Figure, git_revision, load_average, machine_details, read_figures
-from bench.docs import spread, write_section
+from bench.common import (
+    Figure,
+    command_line,
+    console,
+    git_revision,
+    load_average,
+    machine_details,
+    part_parser,
+    publish,
+    read_figures,
+)
+from bench.docs import machine_line, section_head, spread
 from bench.stack import ROOT
 
-FULL = {
-    "pipeline": ["--n", "200", "--repeat", "3"],
-    "latency": ["--n", "100", "--n-scheduled", "40", "--repeat", "3"],
-    "deep": ["--rows", "1000000", "--repeat", "30"],
-    "footprint": ["--n", "10000", "--big-mb", "200"],
-    "fairness": ["--a-jobs", "10000", "--b-jobs", "10", "--repeat", "3", "--bare-a-jobs", "200", "--max-wait", "900"],
-}
-QUICK = {
-    "pipeline": ["--n", "100", "--repeat", "3"],
-    "latency": ["--n", "40", "--n-scheduled", "15", "--repeat", "3"],
-    "deep": ["--rows", "100000", "--repeat", "10"],
-    "footprint": ["--n", "500", "--big-mb", "200"],
-    "fairness": ["--a-jobs", "500", "--b-jobs", "10", "--repeat", "2", "--bare-a-jobs", "100", "--max-wait", "120"],
+# Each part's arguments: {option: (issue-sized value, --quick value)}.
+SIZES: dict[str, dict[str, tuple[int, int]]] = {
+    "pipeline": {"--n": (200, 100), "--repeat": (3, 3)},
+    "latency": {"--n": (100, 40), "--n-scheduled": (40, 15), "--repeat": (3, 3)},
+    "deep": {"--rows": (1_000_000, 100_000), "--repeat": (30, 10)},
+    "footprint": {"--n": (10_000, 500), "--big-mb": (200, 200)},
+    "fairness": {"--a-jobs": (10_000, 500), "--b-jobs": (10, 10), "--repeat": (3, 2), "--bare-a-jobs": (200, 100),
+                 "--max-wait": (900, 120)},
 }
 PIPELINE_TARGET_RATIO = 0.7
 DEEP_TARGET_MS = 10.0
 
 
-def run_part(console, name: str, argv: list[str]) -> tuple[int, str, float]:
+def part_arguments(quick: bool) -> dict[str, list[str]]:
+    """Each part's arguments as given on its command line, e.g. {"deep": ["--rows", "100000", ...]}."""
+    return {part: [word for option, values in options.items() for word in (option, str(values[1 if quick else 0]))]
+            for part, options in SIZES.items()}
+
+
+def run_part(name: str, argv: list[str]) -> tuple[int, str, float]:
     """Run `python -m bench <argv>` with its output shown as it comes; returns (exit code, output, seconds)."""
     console.rule(f"[bold]{name}[/]: python -m bench {' '.join(argv)}")
     started = time.monotonic()
@@ -105,20 +116,17 @@ def deep_figures(output: str, rows: str) -> list[Figure]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench all", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = part_parser("all", __doc__)
     parser.add_argument("--quick", action="store_true", help="every N scaled down: ~10-12 minutes on 2 cores")
-    parser.add_argument("--only", nargs="+", choices=list(FULL), help="run these parts only")
+    parser.add_argument("--only", nargs="+", choices=list(SIZES), help="run these parts only")
     parser.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md alone (parts included)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
-    from bench.cli import console
-
     args = parse_args(argv)
-    command = "python -m bench all" + (" " + " ".join(argv) if argv else "")
-    sizes = QUICK if args.quick else FULL
+    command = command_line("all", argv)
+    sizes = part_arguments(args.quick)
     details = machine_details()
     load_start = load_average()
     console.print(f"[bold]bench all[/] {command}; " + "; ".join(f"{k}: {v}" for k, v in details.items())
@@ -131,7 +139,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="cli-scheduler-bench-all-") as tmp:
         folder = Path(tmp)
         docs = ["--no-docs"] if args.no_docs else []
-        for part in args.only or list(FULL):
+        for part in args.only or list(SIZES):
             loads[part] = load_average()
             if part == "pipeline":
                 argv_part = [*sizes[part], "--json", str(folder / "pipeline.json")]
@@ -139,7 +147,7 @@ def main(argv: list[str]) -> int:
                 argv_part = ["deep", *sizes[part], "--no-docs", "--plans", str(folder / "deep-plans.txt")]
             else:
                 argv_part = [part, *sizes[part], *docs, "--summary", str(folder / f"{part}.json")]
-            code, output, seconds = run_part(console, part, argv_part)
+            code, output, seconds = run_part(part, argv_part)
             durations[part] = seconds
             if code != 0:
                 failed.append(part)
@@ -164,16 +172,14 @@ def main(argv: list[str]) -> int:
     console.print(f"load average: start {load_start}, end {load_end}; per part at its start: "
                   + ", ".join(f"{k} {v}" for k, v in loads.items()))
     if not args.no_docs:
-        write_section("all", markdown(command, sizes, details, figures, durations, loads, load_start, load_end,
-                                      elapsed, args.only))
-        console.print("section 'all' of docs/benchmarks.md rewritten")
+        publish("all", markdown(command, sizes, details, figures, durations, loads, load_start, load_end, elapsed,
+                                args.only))
     return 1 if failed else 0
 
 
 def markdown(command: str, sizes: dict[str, list[str]], details: dict[str, str], figures: list[Figure],
              durations: dict[str, float], loads: dict[str, str], load_start: str, load_end: str, elapsed: float,
              only: list[str] | None) -> str:
-    machine_line = ", ".join(f"{k} {v}" for k, v in details.items())
     parts = ["| part | arguments (N used) | minutes | load average at its start |", "|---|---|---|---|"]
     for part in only or list(sizes):
         parts.append(f"| {part} | `{' '.join(sizes[part])}` | {durations.get(part, 0) / 60:.1f} | "
@@ -181,16 +187,11 @@ def markdown(command: str, sizes: dict[str, list[str]], details: dict[str, str],
     rows = ["| part | figure | measured | baseline (same invocation) | target | verdict |", "|---|---|---|---|---|---|"]
     rows += [f"| {f.part} | {f.name} | {f.value} | {f.baseline} | {f.target} | {f.verdict} |" for f in figures]
     return "\n".join([
-        f"## Issue 9 suite: summary (generated {time.strftime('%Y-%m-%d %H:%M')}, revision {git_revision()})",
-        "",
-        f"Written by `{command}` (bench/suite.py) in {elapsed / 60:.1f} minutes; rerun it to refresh this section.",
-        "",
-        "```",
-        f"cd /work/main && .venv/bin/{command}        # or: make bench",
-        "```",
-        "",
-        f"Machine: {machine_line}. Load average (1/5/15 min): {load_start} at the start, {load_end} at the end; "
-        "the box is shared with other test runs, so single figures move by tens of per cent.",
+        *section_head(f"Issue 9 suite: summary (generated {time.strftime('%Y-%m-%d %H:%M')}, revision "
+                      f"{git_revision()})", command, f"(bench/suite.py) in {elapsed / 60:.1f} minutes",
+                      comment="        # or: make bench"),
+        f"Machine: {machine_line(details)}. Load average (1/5/15 min): {load_start} at the start, {load_end} at the "
+        "end; the box is shared with other test runs, so single figures move by tens of per cent.",
         "",
         *parts,
         "",

@@ -3,9 +3,7 @@ database (the test database, committed through `transactional_db`); only the LLM
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,8 +15,9 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from tests.procs import FAKES_BIN, stand_in_env, stop_process_groups
+
 ROOT = Path(__file__).resolve().parent.parent
-FAKES_BIN = Path(__file__).resolve().parent / "fakes" / "bin"
 
 # Every credential value stored during the session, and every log our processes wrote: at the end of the run
 # the logs are grepped for the values (SPEC: secrets never in logs). The stand-in CLIs' own logs are not ours.
@@ -107,19 +106,8 @@ class WorkerProcesses:
         self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            DJANGO_SETTINGS_MODULE="scheduler_site.settings",
-            DATABASE_URL=test_database_url(),
-            CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
-            SCHEDULER_VAR_DIR=str(settings.VAR_DIR),
-            SCHEDULER_WORK_DIR=str(self.log_dir / "work"),
-            SCHEDULER_CLAUDE_BIN=str(FAKES_BIN / "claude"),
-            SCHEDULER_CODEX_BIN=str(FAKES_BIN / "codex"),
-            SCHEDULER_GEMINI_BIN=str(FAKES_BIN / "gemini"),
-            SCHEDULER_KILL_GRACE_SECONDS="2",
-            PYTHONUNBUFFERED="1",
-        )
+        env = stand_in_env(database_url=test_database_url(), broker_url=settings.CELERY_BROKER_URL,
+                           var_dir=settings.VAR_DIR, work_dir=self.log_dir / "work")
         env.update(extra or {})
         return env
 
@@ -154,16 +142,7 @@ class WorkerProcesses:
         return proc
 
     def stop(self) -> None:
-        for proc, _ in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc, _ in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        stop_process_groups(proc for proc, _ in self.procs)
 
     def logs(self, tail: int | None = 4000) -> str:
         return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-(tail or 0):]}"
