@@ -8,7 +8,7 @@ from django.http import HttpRequest
 from django.utils.safestring import SafeString
 
 from tasks_app.admin.common import ReadOnlyAdminMixin, _download_link, _task_link
-from tasks_app.admin.tasks import FailureKindFilter, TaskRunInline
+from tasks_app.admin.tasks import RUN_FIELDS, FailureKindFilter, TaskRunInline
 from tasks_app.models import TaskEvent, TaskFile, TaskLogChunk, TaskRun
 
 
@@ -21,15 +21,7 @@ class TaskRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ("task", "worker_group")
     ordering = ("-started_at",)
     date_hierarchy = "started_at"
-    fields = (
-        ("task_link", "attempt", "status", "failure_kind", "exit_code"),
-        ("worker_group", "worker", "celery_task_id"),
-        ("started_at", "finished_at", "latency_ms", "retry_after_seconds"),
-        ("input_tokens", "output_tokens", "cost_usd"),
-        "command_line",
-        "stdout_block",
-        "stderr_block",
-    )
+    fields = (("task_link", *RUN_FIELDS[0]), *RUN_FIELDS[1:])
     readonly_fields = ("task_link", "command_line", "stdout_block", "stderr_block")
 
     @admin.display(description="task", ordering="task__created_at")

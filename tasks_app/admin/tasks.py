@@ -39,19 +39,23 @@ class FailureKindFilter(admin.SimpleListFilter):
         return queryset.filter(runs__failure_kind=self.value()).distinct()
 
 
+# An attempt's page and its inline on the task page show the same rows.
+RUN_FIELDS = (
+    ("attempt", "status", "failure_kind", "exit_code"),
+    ("worker_group", "worker", "celery_task_id"),
+    ("started_at", "finished_at", "latency_ms", "retry_after_seconds"),
+    ("input_tokens", "output_tokens", "cost_usd"),
+    "command_line",
+    "stdout_block",
+    "stderr_block",
+)
+
+
 class TaskRunInline(ReadOnlyAdminMixin, admin.StackedInline):
     model = TaskRun
     extra = 0
     ordering = ("-attempt",)
-    fields = (
-        ("attempt", "status", "failure_kind", "exit_code"),
-        ("worker_group", "worker", "celery_task_id"),
-        ("started_at", "finished_at", "latency_ms", "retry_after_seconds"),
-        ("input_tokens", "output_tokens", "cost_usd"),
-        "command_line",
-        "stdout_block",
-        "stderr_block",
-    )
+    fields = RUN_FIELDS
     readonly_fields = flatten_fieldsets([(None, {"fields": fields})])
     show_change_link = True
 
