@@ -21,6 +21,7 @@ class FailureKind(StrEnum):
     WORKER_LOST = "worker_lost"
     CANCELED = "canceled"
     INTERNAL = "internal"
+    SANDBOX = "sandbox"  # the sandbox could not start, or the run broke out of its work dir
 
     @property
     def label(self) -> str:
@@ -45,6 +46,36 @@ Heartbeat = Callable[[], Control]
 OutputSink = Callable[[list[tuple[str, str]]], None]  # [(stream, text)], called from the executor's wait loop
 
 
+@dataclass(frozen=True)
+class Sandbox:
+    """How a run is contained (executors.sandbox). Mode "off" runs the CLI unsandboxed: an explicit opt-out."""
+
+    mode: str = "off"  # "bwrap" or "off"
+    ro_paths: tuple[str, ...] = ()  # SCHEDULER_SANDBOX_RO_PATHS: extra paths the CLI may read
+    rw_paths: tuple[str, ...] = ()  # SCHEDULER_SANDBOX_RW_PATHS: extra paths the CLI may write
+    state_dirs: tuple[str, ...] = ()  # the group's state dirs (CLAUDE_CONFIG_DIR, CODEX_HOME, …): read-write
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "bwrap"
+
+
+class LeaseClock:
+    """Until when this run's lease holds, on this box's monotonic clock.
+
+    A renewal that starts at `t` makes the database set the expiry to *its* now plus the lease length, and its
+    now is later than `t`: so `t + seconds` is never later than the real expiry, whatever the clocks of this box
+    and the database say. The runner's supervisor kills the CLI before this moment (docs/reliability.md).
+    """
+
+    def __init__(self, seconds: float, *, renewed_at: float) -> None:
+        self.seconds = seconds
+        self.valid_until = renewed_at + seconds
+
+    def renewed(self, *, at: float) -> None:
+        self.valid_until = max(self.valid_until, at + self.seconds)
+
+
 class ConfigurationError(Exception):
     """The group's settings cannot produce a safe command (e.g. a dangerous flag that is not allowed)."""
 
@@ -67,6 +98,7 @@ class ExecutionSpec:
     heartbeat_interval: float = 5.0
     secrets: tuple[str, ...] = ()  # values scrubbed from anything recorded (stdout, stderr, messages)
     live_output_bytes: int = 0  # how much output may be streamed live through `on_output` (0: none)
+    sandbox: Sandbox = field(default_factory=Sandbox)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Reading and writing files strictly inside a job's work dir: no `..`, no absolute paths, no symlinks."""
+"""Reading and writing files strictly inside a job's work dir: no `..`, no absolute paths, no symlinks.
+
+Every walk starts from a descriptor of the work dir itself, opened with O_NOFOLLOW (`open_root`): a CLI that
+replaces its work dir with a symlink after we opened it cannot point us anywhere else."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import errno
 import os
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from executors.base import OutputFile
@@ -31,9 +35,44 @@ def _segments(relative: str) -> list[str]:
     return parts
 
 
-def _open_dir_chain(root: Path, parts: list[str], *, create: bool) -> int:
+Root = Path | int  # the work dir: a descriptor from `open_root`, or a path opened that way for the call
+
+
+def open_root(path: Path) -> int:
+    """A descriptor of the directory `path` itself, refusing a symlink in its place."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ConfinementError(f"the work dir {str(path)!r} is a symlink or not a directory") from None
+        raise
+
+
+def same_directory(root_fd: int, path: Path) -> bool:
+    """Is `path` still the directory `root_fd` was opened on (not replaced, not a symlink now)?"""
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    opened = os.fstat(root_fd)
+    return stat.S_ISDIR(now.st_mode) and (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+@contextlib.contextmanager
+def _root_fd(root: Root) -> Iterator[int]:
+    if isinstance(root, int):
+        yield root
+        return
+    fd = open_root(root)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _open_dir_chain(root: Root, parts: list[str], *, create: bool) -> int:
     """An fd for the parent dir of `parts`, walked one segment at a time with O_NOFOLLOW."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.dup(root) if isinstance(root, int) else open_root(root)
     try:
         for part in parts[:-1]:
             if create:
@@ -53,7 +92,7 @@ def _open_dir_chain(root: Path, parts: list[str], *, create: bool) -> int:
         raise
 
 
-def write_input(root: Path, relative: str, data: bytes) -> None:
+def write_input(root: Root, relative: str, data: bytes) -> None:
     parts = _segments(relative)
     dir_fd = _open_dir_chain(root, parts, create=True)
     try:
@@ -64,7 +103,7 @@ def write_input(root: Path, relative: str, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def read_output(root: Path, relative: str, *, max_bytes: int) -> bytes:
+def read_output(root: Root, relative: str, *, max_bytes: int) -> bytes:
     parts = _segments(relative)
     dir_fd = _open_dir_chain(root, parts, create=False)
     try:
@@ -119,15 +158,19 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
-def glob_files(root: Path, pattern: str) -> tuple[list[str], bool]:
-    """Files under `root` matching `pattern`, walking without following symlinked directories (a CLI may leave
+def glob_files(root: Root, pattern: str) -> tuple[list[str], bool]:
+    """Files under `root` matching `pattern`, walking by descriptors without following symlinks (a CLI may leave
     `a -> .` loops behind) and skipping hidden entries, as glob does. Bounded in entries walked and matches."""
-    regex = glob_regex(pattern)
+    with _root_fd(root) as root_fd:
+        return _glob(root_fd, glob_regex(pattern))
+
+
+def _glob(root_fd: int, regex: re.Pattern[str]) -> tuple[list[str], bool]:
     matches: list[str] = []
     walked = 0
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    for dirpath, dirnames, filenames, _ in os.fwalk(".", dir_fd=root_fd, follow_symlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        relative_dir = os.path.relpath(dirpath, root)
+        relative_dir = os.path.normpath(dirpath)
         for name in sorted(filenames):
             walked += 1
             if name.startswith("."):
@@ -143,20 +186,34 @@ def glob_files(root: Path, pattern: str) -> tuple[list[str], bool]:
 
 
 def collect_outputs(
-    root: Path, patterns: list[str], *, max_bytes: int, max_total_bytes: int
+    root: Root, patterns: list[str], *, max_bytes: int, max_total_bytes: int
 ) -> tuple[list[OutputFile], list[str]]:
     """Declared outputs (plain paths or globs). Returns the files and a sentence per refusal or miss."""
+    with _root_fd(root) as root_fd:
+        return _collect(root_fd, patterns, max_bytes=max_bytes, max_total_bytes=max_total_bytes)
+
+
+def _exists(root_fd: int, relative: str) -> bool:
+    try:
+        os.stat(relative, dir_fd=root_fd, follow_symlinks=False)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _collect(root_fd: int, patterns: list[str], *, max_bytes: int,
+             max_total_bytes: int) -> tuple[list[OutputFile], list[str]]:
     files: list[OutputFile] = []
     errors: list[str] = []
     seen: set[str] = set()
     total = 0
     for pattern in patterns:
         if _GLOB_CHARS & set(pattern):
-            matches, truncated = glob_files(root, pattern)
+            matches, truncated = glob_files(root_fd, pattern)
             if truncated:
                 errors.append(f"pattern {pattern!r} matched more than {MAX_GLOB_MATCHES} files; the rest were skipped")
         else:
-            matches = [pattern] if os.path.lexists(root / pattern) else []
+            matches = [pattern] if _exists(root_fd, pattern) else []
             if not matches:
                 errors.append(f"declared output {pattern!r} was not produced")
         for match in matches:
@@ -164,7 +221,7 @@ def collect_outputs(
                 continue
             seen.add(match)
             try:
-                data = read_output(root, match, max_bytes=max_bytes)
+                data = read_output(root_fd, match, max_bytes=max_bytes)
             except (ConfinementError, OSError) as exc:
                 errors.append(f"output {match!r} refused: {exc}" if isinstance(exc, ConfinementError)
                               else f"output {match!r} could not be read: {exc.strerror}")

@@ -1,4 +1,4 @@
-"""Run one CLI process: fresh work dir, clean env, bounded capture, timeout and cancel by process group."""
+"""Run one CLI: fresh work dir, clean env, the sandbox, bounded capture; a supervisor owns its lifetime."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -19,8 +20,9 @@ from pathlib import Path
 from typing import IO
 
 from executors.adapters import Adapter, adapter_for
-from executors.base import Control, ExecutionResult, ExecutionSpec, FailureKind, Heartbeat, OutputSink
-from executors.confinement import ConfinementError, collect_outputs, write_input
+from executors.base import Control, ExecutionResult, ExecutionSpec, FailureKind, Heartbeat, LeaseClock, OutputSink
+from executors.confinement import ConfinementError, collect_outputs, open_root, same_directory, write_input
+from executors.sandbox import WRAPPER_DEPTH, SandboxError, bwrap_argv
 
 logger = logging.getLogger(__name__)
 
@@ -120,56 +122,6 @@ def _feed_stdin(stream: IO[bytes], data: bytes) -> None:
         stream.close()
 
 
-def _kill_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Is any process of the group still running? Zombies do not count: an init that reaps slowly (PID 1 in a
-    container) would otherwise make every kill wait out the whole grace period."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return True
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        # Fields after the parenthesised command name: state, ppid, pgrp, ...
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
-
-
-def terminate_group(proc: subprocess.Popen[bytes], grace_seconds: float) -> None:
-    """SIGTERM the whole process group, SIGKILL whatever is left after the grace period."""
-    pgid = proc.pid
-    _kill_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline:
-        try:
-            proc.wait(timeout=0.05)
-        except subprocess.TimeoutExpired:
-            continue
-        if not _group_alive(pgid):
-            return
-    _kill_group(pgid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
-
-
 TRUNCATION_MARK = re.compile(r"\n\[\.\.\. \d+ bytes truncated \.\.\.\]\n")
 MIN_FRAGMENT = 4
 
@@ -194,38 +146,60 @@ def scrub(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
-def execute(spec: ExecutionSpec, *, heartbeat: Heartbeat | None = None,
-            on_output: OutputSink | None = None) -> ExecutionResult:
-    """Run the CLI described by `spec`; never raises for anything the CLI or its files do."""
+def execute(spec: ExecutionSpec, *, heartbeat: Heartbeat | None = None, on_output: OutputSink | None = None,
+            lease: LeaseClock | None = None) -> ExecutionResult:
+    """Run the CLI described by `spec`; never raises for anything the CLI or its files do.
+
+    With `lease`, the CLI is killed before the lease ends unless it is renewed (the supervisor's deadline).
+    """
     adapter = adapter_for(spec.tool)
     result = ExecutionResult(command=list(spec.argv))
     try:
         spec.work_dir.mkdir(parents=True, exist_ok=False, mode=0o700)
+        # Every later look at the work dir goes through this descriptor: a CLI that swaps the directory for a
+        # symlink cannot make us write inputs to, or collect outputs from, anywhere else.
+        root_fd = open_root(spec.work_dir)
     except OSError as exc:
         result.failure_kind, result.error_message = FailureKind.INTERNAL, f"cannot create work dir: {exc.strerror}"
         return result
     # A private TMPDIR beside the work dir (outside the job's own files), removed with it: CLIs write prompts
-    # and error dumps to temp files (gemini's /tmp/gemini-client-error-*.json holds the prompt).
+    # and error dumps to temp files (gemini's /tmp/gemini-client-error-*.json holds the prompt). In the sandbox
+    # /tmp itself is private.
     private_tmp = private_tmp_dir(spec.work_dir)
     try:
         try:
             for relative, data in spec.input_files:
-                write_input(spec.work_dir, relative, data)
+                write_input(root_fd, relative, data)
         except (ConfinementError, OSError) as exc:
             result.failure_kind, result.error_message = FailureKind.INTERNAL, f"input refused: {_describe(exc)}"
             return result
         shutil.rmtree(private_tmp, ignore_errors=True)  # left over by a killed worker
         private_tmp.mkdir(mode=0o700)
         _run_process(replace(spec, env={**spec.env, "TMPDIR": str(private_tmp)}), adapter, result, heartbeat,
-                     on_output)
+                     on_output, lease)
+        if result.succeeded:
+            _collect(spec, root_fd, result)
     except OSError as exc:
         result.failure_kind, result.error_message = FailureKind.INTERNAL, f"work dir error: {_describe(exc)}"
     finally:
+        os.close(root_fd)
+        if os.path.islink(spec.work_dir):
+            os.unlink(spec.work_dir)  # what the CLI left in place of its work dir; never followed
         if not spec.keep_work_dir:
             shutil.rmtree(spec.work_dir, ignore_errors=True)
         shutil.rmtree(private_tmp, ignore_errors=True)
         _scrub_result(result, spec.secrets)
     return result
+
+
+def _collect(spec: ExecutionSpec, root_fd: int, result: ExecutionResult) -> None:
+    if not same_directory(root_fd, spec.work_dir):
+        result.failure_kind = FailureKind.SANDBOX
+        result.error_message = "the work dir was replaced during the run; no outputs were collected"
+        return
+    result.outputs, result.output_errors = collect_outputs(
+        root_fd, spec.output_patterns, max_bytes=spec.max_output_bytes, max_total_bytes=spec.max_total_output_bytes,
+    )
 
 
 def private_tmp_dir(work_dir: Path) -> Path:
@@ -245,24 +219,100 @@ def _scrub_result(result: ExecutionResult, secrets: tuple[str, ...]) -> None:
     result.final_message = scrub(result.final_message, secrets)
 
 
+SUPERVISOR = str(Path(__file__).with_name("supervisor.py"))
+LEASE_SAFETY_SECONDS = 1.0  # kill this long before the lease ends at the latest (scheduling and reaping slack)
+
+
+def _kill_budget(lease: LeaseClock | None) -> float:
+    """Seconds from now until the supervisor must kill the CLI: before the lease can expire (0: no deadline)."""
+    if lease is None:
+        return 0.0
+    margin = min(LEASE_SAFETY_SECONDS, lease.seconds / 5)
+    return max(0.001, lease.valid_until - margin - time.monotonic())
+
+
+def _command(spec: ExecutionSpec) -> list[str]:
+    """What the supervisor starts: the CLI itself, or bwrap around it. Raises FileNotFoundError, PermissionError
+    (the CLI) or SandboxError."""
+    binary = shutil.which(spec.argv[0], path=spec.env.get("PATH"))
+    if binary is None:
+        raise PermissionError if os.path.exists(spec.argv[0]) else FileNotFoundError
+    binary = os.path.abspath(binary)
+    if not spec.sandbox.enabled:
+        return [binary, *spec.argv[1:]]
+    return [*bwrap_argv(sandbox=spec.sandbox, binary=binary, work_dir=spec.work_dir, env=spec.env), *spec.argv[1:]]
+
+
+class _Supervised:
+    """The supervisor process (executors/supervisor.py) and its two pipes: deadlines and stops go down
+    `control`, the CLI's outcome comes back on `report`."""
+
+    def __init__(self, spec: ExecutionSpec, command: list[str], budget: float) -> None:
+        control_read, self.control = os.pipe()
+        self.report, report_write = os.pipe()
+        depth = WRAPPER_DEPTH if spec.sandbox.enabled else 0
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", SUPERVISOR, str(control_read), str(report_write), f"{budget:.3f}",
+                 f"{spec.kill_grace_seconds:g}", str(depth), "--", *command],
+                cwd=spec.work_dir, env=spec.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, pass_fds=(control_read, report_write),
+                # Its own session: a signal to the worker's process group (SIGSTOP, SIGTERM) never reaches it.
+                start_new_session=True,
+            )
+        except BaseException:
+            for fd in (self.control, self.report):
+                os.close(fd)
+            raise
+        finally:
+            os.close(control_read)
+            os.close(report_write)
+
+    def send(self, line: str) -> None:
+        with contextlib.suppress(OSError):  # the supervisor is gone already: its report says why
+            os.write(self.control, line.encode() + b"\n")
+
+    def stop(self, grace: float) -> None:
+        """Ask for the kill and wait for it: SIGTERM to every process of the run, SIGKILL after `grace`."""
+        self.send(f"stop {grace:g}")
+        try:
+            self.proc.wait(timeout=grace + 10)
+        except subprocess.TimeoutExpired:
+            # A supervisor that does not answer: kill it; bwrap's --die-with-parent takes the sandbox with it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+    def close(self) -> tuple[int | None, str]:
+        """End of file on `control` kills whatever is left at once; returns (exit code of the CLI, stop reason
+        reported by the supervisor: "deadline" or "")."""
+        with contextlib.suppress(OSError):
+            os.close(self.control)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=15)
+        with os.fdopen(self.report, "rb") as report:
+            words = report.read(200).decode(errors="replace").split()
+        reason = ""
+        if words[:1] == ["deadline"]:
+            reason, words = "deadline", words[1:]
+        if len(words) == 2 and words[0] in ("exit", "signal") and words[1].isdigit():
+            code = int(words[1])
+            return (code if words[0] == "exit" else -code), reason
+        if len(words) == 2 and words[0] == "spawn":
+            raise OSError(int(words[1]), os.strerror(int(words[1])))
+        return self.proc.returncode, reason
+
+
 def _run_process(
     spec: ExecutionSpec, adapter: Adapter, result: ExecutionResult, heartbeat: Heartbeat | None,
-    on_output: OutputSink | None = None,
+    on_output: OutputSink | None = None, lease: LeaseClock | None = None,
 ) -> None:
     started = time.monotonic()
+    setting = f"SCHEDULER_{spec.tool.upper()}_BIN"
     try:
-        proc = subprocess.Popen(
-            spec.argv,
-            cwd=spec.work_dir,
-            env=spec.env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its own process group: timeouts and cancels kill everything it spawned
-            close_fds=True,
-        )
+        command = _command(spec)
+        supervised = _Supervised(spec, command, _kill_budget(lease))
     except FileNotFoundError:
-        setting = f"SCHEDULER_{spec.tool.upper()}_BIN"
         result.failure_kind = FailureKind.CLI_MISSING
         result.error_message = f"{spec.argv[0]} not found: set {setting} or install {spec.tool}"
         return
@@ -270,6 +320,10 @@ def _run_process(
         result.failure_kind = FailureKind.CLI_MISSING
         result.error_message = f"{spec.argv[0]} is not executable"
         return
+    except SandboxError as exc:
+        result.failure_kind, result.error_message = FailureKind.SANDBOX, str(exc)
+        return
+    proc = supervised.proc
 
     stdout, stderr = BoundedBuffer(spec.stdout_limit), BoundedBuffer(spec.stdout_limit)
     live = LiveOutput(spec.live_output_bytes, spec.secrets) if on_output and spec.live_output_bytes > 0 else None
@@ -290,49 +344,51 @@ def _run_process(
             return heartbeat() if heartbeat is not None else Control.CONTINUE
 
     try:
-        stopped = _wait(proc, spec, started, beat)
+        stopped = _wait(supervised, spec, started, beat, lease)
     finally:
         # However the wait ended (even by an exception from the heartbeat), nothing the CLI started survives.
         if proc.poll() is None:
-            terminate_group(proc, spec.kill_grace_seconds)
-        _kill_group(proc.pid, signal.SIGKILL)
+            supervised.stop(spec.kill_grace_seconds)
+        exit_code, reason = supervised.close()
         for thread in threads:
             thread.join(timeout=5)
+    if reason == "deadline" and not stopped:
+        stopped = "lease_lost"  # this worker stopped renewing (it was paused): the supervisor killed the run
     if live is not None and on_output is not None and (chunks := live.drain(final=True)):
         on_output(chunks)
-    _record(spec, adapter, result, proc, stdout, stderr, started, stopped)
+    _record(spec, adapter, result, exit_code, stdout, stderr, started, stopped)
 
 
-def _wait(proc: subprocess.Popen[bytes], spec: ExecutionSpec, started: float, heartbeat: Heartbeat | None) -> str:
+def _wait(supervised: _Supervised, spec: ExecutionSpec, started: float, heartbeat: Heartbeat | None,
+          lease: LeaseClock | None) -> str:
     """Wait for the CLI; returns why it was stopped ("timeout", "cancel", "lease_lost") or "" if it exited."""
     deadline = started + spec.timeout_seconds
     next_beat = started + spec.heartbeat_interval if heartbeat is not None else float("inf")
-    exited = _ExitWaiter(proc)
+    exited = _ExitWaiter(supervised.proc)
+    sent_until = lease.valid_until if lease is not None else 0.0
+    stopped = ""
     try:
-        return _wait_loop(proc, spec, exited, deadline, next_beat, heartbeat)
+        while True:
+            now = time.monotonic()
+            wait_for = max(0.0, min(deadline, next_beat) - now)
+            if exited(min(wait_for, 1.0)):
+                break
+            now = time.monotonic()
+            if now >= deadline:
+                stopped = "timeout"
+            elif heartbeat is not None and now >= next_beat:
+                next_beat = now + spec.heartbeat_interval
+                control = heartbeat()
+                if control is not Control.CONTINUE:
+                    stopped = control.value
+                elif lease is not None and lease.valid_until != sent_until:
+                    sent_until = lease.valid_until
+                    supervised.send(f"extend {_kill_budget(lease):.3f}")
+            if stopped:
+                supervised.stop(spec.kill_grace_seconds)
+                break
     finally:
         exited.close()
-
-
-def _wait_loop(proc: subprocess.Popen[bytes], spec: ExecutionSpec, exited: _ExitWaiter, deadline: float,
-               next_beat: float, heartbeat: Heartbeat | None) -> str:
-    stopped = ""
-    while True:
-        now = time.monotonic()
-        wait_for = max(0.0, min(deadline, next_beat) - now)
-        if exited(min(wait_for, 1.0)):
-            break
-        now = time.monotonic()
-        if now >= deadline:
-            stopped = "timeout"
-        elif heartbeat is not None and now >= next_beat:
-            next_beat = now + spec.heartbeat_interval
-            control = heartbeat()
-            if control is not Control.CONTINUE:
-                stopped = control.value
-        if stopped:
-            terminate_group(proc, spec.kill_grace_seconds)
-            break
     return stopped
 
 
@@ -364,15 +420,15 @@ class _ExitWaiter:
             self.pidfd = None
 
 
-def _record(spec: ExecutionSpec, adapter: Adapter, result: ExecutionResult, proc: subprocess.Popen[bytes],
+def _record(spec: ExecutionSpec, adapter: Adapter, result: ExecutionResult, exit_code: int | None,
             stdout: BoundedBuffer, stderr: BoundedBuffer, started: float, stopped: str) -> None:
     result.latency_ms = int((time.monotonic() - started) * 1000)
-    result.exit_code = proc.returncode
+    result.exit_code = exit_code
     raw_out, raw_err = stdout.value(), stderr.value()
     result.stdout, result.stdout_truncated = raw_out.decode(errors="replace"), stdout.truncated
     result.stderr, result.stderr_truncated = raw_err.decode(errors="replace"), stderr.truncated
 
-    parsed = adapter.parse(stdout=raw_out, stderr=raw_err, exit_code=proc.returncode)
+    parsed = adapter.parse(stdout=raw_out, stderr=raw_err, exit_code=exit_code)
     result.final_message = parsed.final_message
     result.input_tokens, result.output_tokens, result.cost_usd = (
         parsed.input_tokens, parsed.output_tokens, parsed.cost_usd,
@@ -390,8 +446,3 @@ def _record(spec: ExecutionSpec, adapter: Adapter, result: ExecutionResult, proc
         return
     result.failure_kind, result.error_message = parsed.failure_kind, parsed.error_message
     result.retry_after_seconds = parsed.retry_after_seconds
-    if result.succeeded:
-        result.outputs, result.output_errors = collect_outputs(
-            spec.work_dir, spec.output_patterns,
-            max_bytes=spec.max_output_bytes, max_total_bytes=spec.max_total_output_bytes,
-        )

@@ -5,10 +5,12 @@ SQLite and a file-system Celery transport under ``var/``, good for one box and f
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -250,6 +252,13 @@ SCHEDULER_RETRY_MAX_SECONDS = env.float("SCHEDULER_RETRY_MAX_SECONDS", default=6
 SCHEDULER_RATE_LIMIT_COOLDOWN_SECONDS = env.float("SCHEDULER_RATE_LIMIT_COOLDOWN_SECONDS", default=60.0)
 SCHEDULER_CANCEL_POLL_SECONDS = env.float("SCHEDULER_CANCEL_POLL_SECONDS", default=1.0)
 SCHEDULER_KILL_GRACE_SECONDS = env.float("SCHEDULER_KILL_GRACE_SECONDS", default=10.0)
+# Every run in a bubblewrap sandbox (docs/security.md); "off" is an explicit opt-out, recorded on each run.
+SCHEDULER_SANDBOX = env.str("SCHEDULER_SANDBOX", default="bwrap")
+if SCHEDULER_SANDBOX not in ("bwrap", "off"):
+    raise ImproperlyConfigured(f"SCHEDULER_SANDBOX must be 'bwrap' or 'off', not {SCHEDULER_SANDBOX!r}")
+# Extra absolute paths a sandboxed CLI may see, os.pathsep-separated: read-only, and read-write.
+SCHEDULER_SANDBOX_RO_PATHS = [p for p in env.str("SCHEDULER_SANDBOX_RO_PATHS", default="").split(os.pathsep) if p]
+SCHEDULER_SANDBOX_RW_PATHS = [p for p in env.str("SCHEDULER_SANDBOX_RW_PATHS", default="").split(os.pathsep) if p]
 SCHEDULER_LIVE_LOG_BYTES = env.int("SCHEDULER_LIVE_LOG_BYTES", default=1024 * 1024)
 SCHEDULER_LIVE_LOG_RETENTION_HOURS = env.float("SCHEDULER_LIVE_LOG_RETENTION_HOURS", default=24.0)
 SCHEDULER_SSE_MAX_SECONDS = env.int("SCHEDULER_SSE_MAX_SECONDS", default=3600)

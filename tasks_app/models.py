@@ -291,6 +291,8 @@ class TaskRun(models.Model):
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     command = models.JSONField(default=list, blank=True, help_text="argv as run; never holds credentials.")
+    sandbox = models.CharField(max_length=8, blank=True, default="",
+                               help_text="How the CLI was contained: bwrap, or off (an explicit opt-out).")
 
     class Meta:
         ordering = ["-attempt"]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models.expressions import CombinedExpression
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from tasks_app.models import EventSource, Task, TaskEvent, TaskStatus, WorkerGroup
@@ -111,7 +113,13 @@ def task_transition(
     return task
 
 
-def task_lease_batch(*, assignments: list[tuple[Any, WorkerGroup]], lease_until: datetime,
+def lease_expiry(seconds: float) -> CombinedExpression:
+    """A lease's end, computed by the database from its own clock: every box compares leases with that same
+    clock (`lease_expires_at < Now()`), so no box's clock skew can end a lease early or late."""
+    return Now() + timedelta(seconds=seconds)
+
+
+def task_lease_batch(*, assignments: list[tuple[Any, WorkerGroup]], lease_seconds: float,
                      actor: str = "dispatcher") -> list[tuple[Any, uuid.UUID, WorkerGroup]]:
     """The dispatcher's hot claim: queued → leased for a whole batch, as a compare-and-swap under row locks.
 
@@ -138,7 +146,7 @@ def task_lease_batch(*, assignments: list[tuple[Any, WorkerGroup]], lease_until:
         # per task, and makes this a single UPDATE.
         token = uuid.uuid4()
         Task.objects.filter(pk__in=task_ids).update(status=TaskStatus.LEASED, worker_group=group, lease_token=token,
-                                                    lease_expires_at=lease_until, updated_at=now)
+                                                    lease_expires_at=lease_expiry(lease_seconds), updated_at=now)
         for task_id in task_ids:
             events.append(TaskEvent(task_id=task_id, from_status=TaskStatus.QUEUED, to_status=TaskStatus.LEASED,
                                     source=EventSource.SYSTEM, actor=actor, reason=f"leased to {group.name}",

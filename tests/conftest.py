@@ -69,6 +69,14 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, interval:
         time.sleep(interval)
 
 
+@pytest.fixture(autouse=True)
+def sandbox_paths(settings: Any, tmp_path: Path) -> None:
+    """What a sandboxed stand-in needs in this process too (as stand_in_env gives the workers): its own code,
+    read-only, and the test's folder (logs, state files), read-write."""
+    settings.SCHEDULER_SANDBOX_RO_PATHS = [str(FAKES_BIN.parent)]
+    settings.SCHEDULER_SANDBOX_RW_PATHS = [str(tmp_path)]
+
+
 @pytest.fixture
 def fake_bins(settings: Any) -> dict[str, str]:
     """Point the executors at the stand-in CLIs (in this process)."""

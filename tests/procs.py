@@ -29,6 +29,10 @@ def stand_in_env(*, database_url: str, broker_url: str, var_dir: Path | str, wor
         SCHEDULER_CODEX_BIN=str(FAKES_BIN / "codex"),
         SCHEDULER_GEMINI_BIN=str(FAKES_BIN / "gemini"),
         SCHEDULER_KILL_GRACE_SECONDS="2",
+        # Inside the sandbox the stand-ins need their own code (read-only) and the test's folder for their logs
+        # and state files (read-write): the folder that holds the work dirs, here.
+        SCHEDULER_SANDBOX_RO_PATHS=str(FAKES_BIN.parent),
+        SCHEDULER_SANDBOX_RW_PATHS=str(Path(work_dir).parent),
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -48,3 +52,33 @@ def stop_process_groups(procs: Iterable[subprocess.Popen[bytes]], *, grace_secon
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
+
+
+def processes_with_env(name: str, value: str, *, program: str = "") -> list[int]:
+    """Live processes (pids as this process sees them) whose environment holds `name=value` and, if given, that
+    run `program` (a path part of the executable or, for scripts, of the script: the first two words of their
+    command line). A stand-in CLI and everything it started carry the test's FAKE_CLI_LOG, whatever PID
+    namespace they run in (inside the sandbox they only know their namespace's pids)."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read().split(b"\0")
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")[:2]
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if needle in environ and state != b"Z" and any(program.encode() in word for word in argv):
+            found.append(int(entry))
+    return found
+
+
+def cli_processes(log: Path | str) -> list[int]:
+    """The stand-in CLI processes (and their forks) of the groups whose FAKE_CLI_LOG is `log`: not the
+    supervisors and sandboxes around them."""
+    return processes_with_env("FAKE_CLI_LOG", str(log), program="/fakes/bin/")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from django.conf import settings
 
-from executors import ExecutionSpec, adapter_for
+from executors import ConfigurationError, ExecutionSpec, adapter_for
+from executors.base import Sandbox
+from executors.sandbox import state_dirs
 from tasks_app.services.runs import RunContext
 
 # From the worker's own environment only these reach the CLI: never DATABASE_URL, SECRET_KEY, the broker
@@ -22,6 +24,18 @@ def child_env(ctx: RunContext) -> dict[str, str]:
     env.update(ctx.group_env)
     env.update(ctx.credentials)  # credentials win on a clash (SPEC §2)
     return env
+
+
+def run_sandbox(ctx: RunContext) -> Sandbox:
+    """The sandbox for this run, from the settings and the group's state dirs (created when missing)."""
+    if settings.SCHEDULER_SANDBOX == "off":
+        return Sandbox(mode="off")
+    try:
+        group_state = state_dirs(ctx.group_env)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create the group's state dir {exc.filename}: {exc.strerror}") from None
+    return Sandbox(mode="bwrap", ro_paths=tuple(settings.SCHEDULER_SANDBOX_RO_PATHS),
+                   rw_paths=tuple(settings.SCHEDULER_SANDBOX_RW_PATHS), state_dirs=group_state)
 
 
 def execution_spec(ctx: RunContext) -> ExecutionSpec:
@@ -49,4 +63,5 @@ def execution_spec(ctx: RunContext) -> ExecutionSpec:
         heartbeat_interval=settings.SCHEDULER_CANCEL_POLL_SECONDS,
         secrets=tuple(v for v in ctx.credentials.values() if v),
         live_output_bytes=settings.SCHEDULER_LIVE_LOG_BYTES,
+        sandbox=run_sandbox(ctx),
     )

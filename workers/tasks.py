@@ -5,9 +5,13 @@ Their names are the constants of `tasks_app.services.enqueue`, which sends them 
 
 from __future__ import annotations
 
-from celery import shared_task
-from celery.signals import worker_ready
+import logging
 
+from celery import shared_task
+from celery.signals import worker_init, worker_ready
+from django.conf import settings
+
+from executors.sandbox import bwrap_check
 from tasks_app.services.dispatch import dispatch_runnable
 from tasks_app.services.enqueue import DISPATCH, EXECUTE_RUN, FIRE_SCHEDULE, TICK
 from tasks_app.services.runs import leases_reconcile, run_logs_prune
@@ -45,6 +49,23 @@ def tick_task() -> None:
     run_logs_prune()
 
 
+logger = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def _refuse_to_run_unsandboxed(**_: object) -> None:
+    """No sandbox, no worker: running CLIs unsandboxed takes an explicit SCHEDULER_SANDBOX=off."""
+    if settings.SCHEDULER_SANDBOX == "off":
+        return  # said in the worker's log once it is set up (below)
+    problem = bwrap_check()
+    if problem:
+        # SystemExit, not an exception: Celery logs and ignores exceptions from signal handlers.
+        raise SystemExit(f"worker refuses to start: {problem}. Install the Debian package bubblewrap, or set "
+                         f"SCHEDULER_SANDBOX=off to run CLIs unsandboxed (docs/security.md).")
+
+
 @worker_ready.connect
 def _on_worker_ready(**_: object) -> None:
+    if settings.SCHEDULER_SANDBOX == "off":
+        logger.warning("SCHEDULER_SANDBOX=off: CLIs run without a sandbox and can read what this worker can read")
     stale_work_dirs_remove()

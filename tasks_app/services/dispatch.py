@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import NamedTuple
 
 from django.conf import settings
@@ -174,7 +174,6 @@ def dispatch_runnable(*, now: datetime | None = None) -> list[Lease]:
             Task.objects.filter(status__in=ACTIVE_STATUSES, schedule__overlap_policy=OverlapPolicy.QUEUE)
             .values_list("schedule_id", flat=True)
         )
-        lease_until = now + timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS)
         chosen: list[tuple[uuid.UUID, WorkerGroup]] = []
         for tool, tool_groups in sorted(by_tool.items()):
             capacity = sum(max(free[g.pk], 0) for g in tool_groups)
@@ -202,7 +201,8 @@ def dispatch_runnable(*, now: datetime | None = None) -> list[Lease]:
                     usage[s] += 1
         # A task canceled since it was read is skipped here; its slot stays free until the next pass.
         leases = [Lease(task_id=task_id, lease_token=token, queue=group.name)
-                  for task_id, token, group in task_lease_batch(assignments=chosen, lease_until=lease_until)]
+                  for task_id, token, group in task_lease_batch(assignments=chosen,
+                                                                   lease_seconds=settings.SCHEDULER_LEASE_SECONDS)]
         enqueue_executions(leases)
     if leases:
         logger.info("dispatch leased %d task(s)", len(leases))

@@ -16,6 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from executors.base import RETRYABLE_FAILURES, Control, ExecutionResult, FailureKind
@@ -31,7 +32,7 @@ from tasks_app.models import (
 )
 from tasks_app.services.enqueue import enqueue_dispatch
 from tasks_app.services.tasks import stored_file
-from tasks_app.transitions import task_lock, task_transition
+from tasks_app.transitions import lease_expiry, task_lock, task_transition
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,11 @@ class RunContext:
     timeout_seconds: int
 
 
-def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: str = "") -> RunContext | None:
-    """Move a leased task to running and open its TaskRun. None if the lease is no longer ours."""
+def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: str = "",
+              sandbox: str = "") -> RunContext | None:
+    """Move a leased task to running and open its TaskRun. None if the lease is no longer ours.
+
+    The caller must take the time *before* this call as the start of its lease (executors.LeaseClock)."""
     token = uuid.UUID(str(lease_token))
     now = timezone.now()
     with transaction.atomic():
@@ -75,12 +79,12 @@ def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: st
             updates={
                 "attempt": attempt,
                 "started_at": task.started_at or now,
-                "lease_expires_at": now + timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS),
+                "lease_expires_at": lease_expiry(settings.SCHEDULER_LEASE_SECONDS),
             },
         )
         run = TaskRun.objects.create(
             task=task, attempt=attempt, worker_group=group, worker=worker, celery_task_id=celery_task_id,
-            lease_token=token, started_at=now,
+            lease_token=token, started_at=now, sandbox=sandbox,
         )
     inputs = [(f.path, f.read_bytes()) for f in task.files.filter(direction=TaskFile.Direction.INPUT, run=None)]
     return RunContext(
@@ -93,10 +97,10 @@ def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: st
 
 
 def run_heartbeat(*, task_id: Any, lease_token: Any) -> Control:
-    """Renew the lease (a compare-and-swap on the token) and report whether the run should go on."""
-    expires = timezone.now() + timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS)
+    """Renew the lease (a compare-and-swap on the token) and report whether the run should go on. The caller
+    takes the time before this call as the renewal's start (executors.LeaseClock)."""
     renewed = Task.objects.filter(pk=task_id, status=TaskStatus.RUNNING, lease_token=lease_token).update(
-        lease_expires_at=expires
+        lease_expires_at=lease_expiry(settings.SCHEDULER_LEASE_SECONDS)
     )
     if not renewed:
         return Control.LEASE_LOST
@@ -267,17 +271,22 @@ def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_
 
 
 def leases_reconcile(*, now: datetime | None = None, limit: int = 500) -> int:
-    """Expired leases: leased → queued (never started); running → worker_lost, then retry or fail."""
+    """Expired leases: leased → queued (never started); running → worker_lost, then retry or fail.
+
+    Expired by the database's clock (the one that set them), unless a test passes `now`."""
+    expired_before: Any = now or Now()
     now = now or timezone.now()
     expired = list(
-        Task.objects.filter(status__in=ACTIVE_STATUSES, lease_expires_at__lt=now).values_list("pk", flat=True)[:limit]
+        Task.objects.filter(status__in=ACTIVE_STATUSES, lease_expires_at__lt=expired_before)
+        .values_list("pk", flat=True)[:limit]
     )
     handled = 0
     for task_id in expired:
         with transaction.atomic():
             task = task_lock(task_id=task_id)
-            if (task is None or task.status not in ACTIVE_STATUSES or task.lease_expires_at is None
-                    or task.lease_expires_at >= now):
+            # Renewed since it was listed? Checked again under the row lock, by the same clock.
+            if task is None or not Task.objects.filter(pk=task.pk, status__in=ACTIVE_STATUSES,
+                                                       lease_expires_at__lt=expired_before).exists():
                 continue
             if task.status == TaskStatus.LEASED:
                 task_transition(

@@ -24,6 +24,7 @@ from tasks_app.services.groups import group_create
 from tasks_app.services.tasks import TaskSpec, task_create
 from tests.conftest import WorkerProcesses, wait_until
 from tests.e2e.test_pipeline import fake, read_log, schedulerctl, wait_terminal
+from tests.procs import cli_processes
 
 pytestmark = pytest.mark.e2e
 
@@ -42,14 +43,6 @@ def _enqueue(prompt: str, **spec) -> Task:
 
 def _started(log: Path, tag: str) -> list[dict]:
     return [e for e in read_log(log) if e["event"] == "start" and e["tag"] == tag] if log.exists() else []
-
-
-def _group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_rate_limit_retries_on_the_other_account_and_new_jobs_avoid_the_limited_one(
@@ -92,11 +85,12 @@ def test_a_sigkilled_worker_is_detected_and_the_task_runs_once_more_elsewhere(
     workers.start("control", concurrency=1, env=FAST)
     doomed = workers.start("claude-main", concurrency=1, name="doomed", env=FAST)
     task = _enqueue(fake("long", sleep=3, tag="long", write={"out.txt": "done"}), output_files=["out.txt"])
-    (first_start,) = wait_until(lambda: _started(log, "long"), message="the CLI to start")
-    # Kill first, then bring up the other box: its start-up time must not decide the race.
+    wait_until(lambda: _started(log, "long"), message="the CLI to start")
+    # Kill the box (its CLI runs in a session of its own), then bring up the other one.
     os.killpg(doomed.pid, signal.SIGKILL)
-    os.killpg(first_start["pgid"], signal.SIGKILL)
     killed_at = time.time()
+    wait_until(lambda: not cli_processes(log), timeout=float(FAST["SCHEDULER_LEASE_SECONDS"]),
+               message="the dead box's CLI to be gone within the lease")
     workers.start("claude-main", concurrency=1, name="survivor", env=FAST)
     (task,) = wait_terminal(task.pk, timeout=60)
 
@@ -142,14 +136,14 @@ def test_cancel_kills_a_running_job_from_the_command_line(workers: WorkerProcess
     workers.start("control", concurrency=1, env=FAST)
     workers.start("claude-main", concurrency=1, env=FAST)
     task = _enqueue(fake("forever", scenario="hang", tag="hang"))
-    (start,) = wait_until(lambda: _started(log, "hang"), message="the CLI to start")
+    wait_until(lambda: _started(log, "hang"), message="the CLI to start")
 
     proc = schedulerctl(workers, "--actor", "ops-ann", "cancel", str(task.pk))
     asked = time.monotonic()
 
     assert proc.returncode == 0, proc.stderr
     (task,) = wait_terminal(task.pk, timeout=15)
-    wait_until(lambda: _group_gone(start["pgid"]), timeout=10, message="the CLI's process group to be gone")
+    wait_until(lambda: not cli_processes(log), timeout=10, message="the CLI and its child to be gone")
     assert time.monotonic() - asked < 10
     assert task.status == "canceled"
     last = TaskEvent.objects.filter(task=task).last()

@@ -262,6 +262,15 @@ class Run:
             path = os.path.join(os.getcwd(), rel)
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             os.symlink(str(target), path)
+        if self.directive.get("swap_workdir"):  # replace the work dir by a symlink (we keep working in it)
+            here = os.getcwd()
+            os.rename(here, here + ".gone")
+            os.symlink(str(self.directive["swap_workdir"]), here)
+        if self.directive.get("detach"):
+            self.log("detached", detached_pid=detach_forever())
+        if self.directive.get("hostile"):
+            self._write_file(str(self.directive["hostile"]), json.dumps(
+                snoop(probes=[str(p) for p in self.directive.get("probe") or []]), indent=1).encode())
         emit_filler(1, int(self.directive.get("stdout_bytes", 0)), "stdout")
         emit_filler(2, int(self.directive.get("stderr_bytes", 0)), "stderr")
         dump = self.directive.get("dump_env")
@@ -303,6 +312,82 @@ class Run:
     @property
     def ok(self) -> bool:
         return self.scenario in ("ok", "garbage")
+
+
+def detach_forever() -> int:
+    """A descendant that escapes the CLI's process group and session (double fork + setsid) and outlives it,
+    holding stdout and stderr open: what a careless or hostile tool leaves behind. Returns its pid."""
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:  # child: start the grandchild, report its pid, exit at once
+        os.close(read_end)
+        os.setsid()
+        pid = os.fork()
+        if pid == 0:
+            os.close(write_end)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL (or the namespace's end) stops it
+            while True:
+                time.sleep(3600)
+        os.write(write_end, str(pid).encode())
+        os._exit(0)
+    os.close(write_end)
+    pid = int(os.read(read_end, 32) or b"0")
+    os.close(read_end)
+    os.wait()
+    return pid
+
+
+SNOOP_LIMIT = 4 * 1024 * 1024
+SNOOP_SKIP = ("/proc", "/sys", "/dev", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/etc")
+
+
+def snoop(*, probes: list[str]) -> dict:
+    """What a hostile prompt would look for: every environment it can read under /proc, every file around its
+    work dir (each parent, walked), in its HOME and /tmp, and the paths in `probes`."""
+    found: dict = {"environ": {}, "files": {}, "listed": [], "probes": {}, "errors": 0}
+    budget = [SNOOP_LIMIT]
+
+    def read(path: str) -> str | None:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(min(budget[0], 256 * 1024))
+        except OSError:
+            found["errors"] += 1
+            return None
+        budget[0] -= len(data)
+        return data.decode(errors="replace")
+
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (text := read(f"/proc/{entry}/environ")) is not None:
+            found["environ"][entry] = text.replace("\x00", "\n")
+
+    def walk(top: str, depth: int) -> None:
+        if depth < 0 or budget[0] <= 0 or (top.startswith(SNOOP_SKIP) and top != "/"):
+            return
+        try:
+            names = os.listdir(top)
+        except OSError:
+            found["errors"] += 1
+            return
+        found["listed"].append(top)
+        for name in names:
+            path = os.path.join(top, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                walk(path, depth - 1)
+            elif os.path.isfile(path) and path not in found["files"] and (text := read(path)) is not None:
+                found["files"][path] = text
+
+    here = os.getcwd()
+    tops = [here, os.environ.get("HOME", ""), "/tmp", "/run", "/"]
+    parent = here
+    while parent != "/":
+        parent = os.path.dirname(parent)
+        tops.append(parent)
+    for top in filter(None, tops):
+        walk(top, 6)
+    for path in probes:
+        found["probes"][path] = (read(path) if os.path.isfile(path) else
+                                 sorted(os.listdir(path)) if os.path.isdir(path) else None)
+    return found
 
 
 def read_all_stdin() -> str:
