@@ -6,7 +6,7 @@ PYTHON ?= python3
 PG_SERVER ?= postgres://postgres@127.0.0.1:5432
 REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install run test test-postgres test-embedded lint bench clean browser
+.PHONY: install run test test-postgres test-embedded lint bench clean browser sandbox
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 install: $(VENV)/.installed
 
-run: install
+run: install sandbox
 	$(PY) manage.py start
 
 # Production stack (PostgreSQL + Redis, both real) and then the end-to-end path on the embedded default.
-test: install browser lint test-postgres test-embedded
+test: install browser sandbox lint test-postgres test-embedded
 
 # Debian's Chromium for the admin browser test (Playwright drives it; it never downloads a browser itself).
 browser:
@@ -30,6 +30,13 @@ browser:
 	  echo "chromium not installed: the browser test will be skipped"
 
 # ruff, then the import contracts of pyproject.toml (the one-way layers of docs/architecture.md).
+# Debian's bubblewrap: every run is sandboxed with it (docs/security.md). Installed when missing and run as root;
+# otherwise workers refuse to start until it is installed, or SCHEDULER_SANDBOX=off says to run CLIs unsandboxed.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } || \
+	  echo "bubblewrap not installed: install it (sudo apt-get install bubblewrap) or set SCHEDULER_SANDBOX=off"
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports

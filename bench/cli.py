@@ -1,7 +1,8 @@
 """`python -m bench`: jobs/s of the full pipeline against a bare Celery task running the same stand-in CLI.
 
 Subcommands, each with its own `--help`: `api` (API latency, bench/api.py), `deep` (dispatch over a deep queue,
-bench/deep.py), `latency` (dispatch latency), `footprint` (worker RSS), `fairness` (two tenants) and `all` (the
+bench/deep.py), `latency` (dispatch latency), `footprint` (worker RSS), `fairness` (two tenants), `sandbox` (the
+sandbox's cost per run, bench/sandbox.py) and `all` (the
 whole issue-9 suite with one summary table, bench/suite.py; `--quick` fits in well under 15 minutes).
 """
 
@@ -297,7 +298,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 SUBCOMMANDS = {"api": "api", "deep": "deep", "latency": "latency", "footprint": "footprint",
-               "fairness": "fairness", "all": "suite"}  # subcommand -> module in bench/
+               "fairness": "fairness", "sandbox": "sandbox", "all": "suite"}  # subcommand -> module in bench/
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,7 @@ SIZES: dict[str, dict[str, tuple[int, int]]] = {
     "footprint": {"--n": (10_000, 500), "--big-mb": (200, 200)},
     "fairness": {"--a-jobs": (10_000, 500), "--b-jobs": (10, 10), "--repeat": (3, 2), "--bare-a-jobs": (200, 100),
                  "--max-wait": (900, 120)},
+    "sandbox": {"--runs": (200, 100)},
 }
 PIPELINE_TARGET_RATIO = 0.7
 DEEP_TARGET_MS = 10.0

@@ -63,6 +63,7 @@ def run_dict(run: TaskRun, *, with_output: bool = False) -> dict[str, Any]:
         "cost_usd": float(run.cost_usd) if run.cost_usd is not None else None,
         "latency_ms": run.latency_ms,
         "command": run.command,
+        "sandbox": run.sandbox,
         "stdout_truncated": run.stdout_truncated,
         "stderr_truncated": run.stderr_truncated,
     }
