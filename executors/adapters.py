@@ -99,29 +99,45 @@ class Adapter:
         raise NotImplementedError
 
 
+PRETTY_TRIES = 8  # a pretty-printed document after noise: tried from this many of the last lines opening one
+_OBJECT_LINE = re.compile(r"^\{", re.MULTILINE)
+
+
 def json_objects(text: str) -> list[dict[str, Any]]:
-    """Every JSON object in `text`: whole-text, one per line (JSONL), or embedded after noise lines."""
+    """Every JSON object in `text`: the whole text, one per line (JSONL, after noise lines too), or a pretty
+    document after noise. Linear in the length whatever the output holds (megabytes of noise, a `{` on every
+    line, brackets nested a million deep): each line is parsed on its own, and only the last few lines that
+    open a multi-line document are tried against the rest of the text."""
     text = text.strip()
     if not text:
         return []
-    try:
-        whole = json.loads(text)
+    whole = _loads(text)
+    if whole is not None:
         return [whole] if isinstance(whole, dict) else []
-    except ValueError:
-        pass
-    found: list[dict[str, Any]] = []
+    found = [value for line in map(str.rstrip, text.splitlines()) if line.startswith("{") and line.endswith("}")
+             if isinstance(value := _loads(line), dict)]
+    if found:
+        return found
     decoder = json.JSONDecoder()
     index = 0
-    while (start := text.find("{", index)) != -1:
+    for start in [match.start() for match in _OBJECT_LINE.finditer(text)][-PRETTY_TRIES:]:
+        if start < index:
+            continue
         try:
-            value, end = decoder.raw_decode(text, start)
-        except ValueError:
-            index = start + 1
+            value, index = decoder.raw_decode(text, start)
+        except (ValueError, RecursionError):
             continue
         if isinstance(value, dict):
             found.append(value)
-        index = end
     return found
+
+
+def _loads(text: str) -> Any:
+    """The JSON value of `text`, or None when it is not JSON (or nests deeper than the interpreter allows)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _tail_text(data: bytes, limit: int = 500) -> str:

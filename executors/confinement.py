@@ -201,6 +201,14 @@ def _exists(root_fd: int, relative: str) -> bool:
     return True
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _collect(root_fd: int, patterns: list[str], *, max_bytes: int,
              max_total_bytes: int) -> tuple[list[OutputFile], list[str]]:
     files: list[OutputFile] = []
@@ -220,6 +228,9 @@ def _collect(root_fd: int, patterns: list[str], *, max_bytes: int,
             if match in seen:
                 continue
             seen.add(match)
+            if not _utf8(match):  # os.fwalk gives undecodable bytes as surrogates: no file name we can store
+                errors.append(f"output {match.encode(errors='surrogateescape')!r} skipped: its name is not UTF-8")
+                continue
             try:
                 data = read_output(root_fd, match, max_bytes=max_bytes)
             except (ConfinementError, OSError) as exc:

@@ -285,6 +285,9 @@ class TaskRun(models.Model):
     stderr = models.TextField(blank=True, default="")
     stderr_truncated = models.BooleanField(default=False)
     failure_kind = models.CharField(max_length=20, choices=FAILURE_KIND_CHOICES, blank=True, default="")
+    error_message = models.TextField(blank=True, default="", help_text="Why this attempt ended, if it failed.")
+    notes = models.JSONField(default=list, blank=True,
+                             help_text="What was changed to record this attempt (e.g. NUL bytes in its output).")
     retry_after_seconds = models.FloatField(null=True, blank=True)
     input_tokens = models.BigIntegerField(null=True, blank=True)
     output_tokens = models.BigIntegerField(null=True, blank=True)

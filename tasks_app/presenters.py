@@ -57,6 +57,7 @@ def run_dict(run: TaskRun, *, with_output: bool = False) -> dict[str, Any]:
         "finished_at": _iso(run.finished_at),
         "exit_code": run.exit_code,
         "failure_kind": run.failure_kind,
+        "error_message": run.error_message,
         "retry_after_seconds": run.retry_after_seconds,
         "input_tokens": run.input_tokens,
         "output_tokens": run.output_tokens,

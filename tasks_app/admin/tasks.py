@@ -42,6 +42,7 @@ class FailureKindFilter(admin.SimpleListFilter):
 # An attempt's page and its inline on the task page show the same rows.
 RUN_FIELDS = (
     ("attempt", "status", "failure_kind", "exit_code"),
+    "error_message",
     ("worker_group", "worker", "celery_task_id", "sandbox"),
     ("started_at", "finished_at", "latency_ms", "retry_after_seconds"),
     ("input_tokens", "output_tokens", "cost_usd"),

@@ -70,8 +70,8 @@ class TaskRunSerializer(serializers.ModelSerializer):
         model = TaskRun
         fields = [
             "id", "attempt", "status", "worker_group", "worker", "started_at", "finished_at", "exit_code",
-            "failure_kind", "retry_after_seconds", "input_tokens", "output_tokens", "cost_usd", "latency_ms",
-            "command", "sandbox", "stdout", "stdout_truncated", "stderr", "stderr_truncated",
+            "failure_kind", "error_message", "retry_after_seconds", "input_tokens", "output_tokens", "cost_usd",
+            "latency_ms", "command", "sandbox", "stdout", "stdout_truncated", "stderr", "stderr_truncated",
         ]
         read_only_fields = fields
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ from tasks_app.models import (
     TaskStatus,
     WorkerGroup,
 )
+from tasks_app.sanitize import Sanitiser, storable_text
 from tasks_app.services.enqueue import enqueue_dispatch
 from tasks_app.services.tasks import stored_file
 from tasks_app.transitions import lease_expiry, task_lock, task_transition
@@ -110,8 +111,8 @@ def run_heartbeat(*, task_id: Any, lease_token: Any) -> Control:
 
 def run_log_append(*, run_id: int, chunks: list[tuple[str, str]], first_seq: int) -> int:
     """Store live output chunks of a running attempt; returns the next sequence number."""
-    rows = [TaskLogChunk(run_id=run_id, seq=first_seq + i, stream=stream, data=text)
-            for i, (stream, text) in enumerate(chunks) if text]
+    rows = [TaskLogChunk(run_id=run_id, seq=first_seq + i, stream=stream, data=storable_text(text)[0])
+            for i, (stream, text) in enumerate((stream, text) for stream, text in chunks if text)]
     TaskLogChunk.objects.bulk_create(rows)
     return first_seq + len(rows)
 
@@ -142,6 +143,7 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
     """Record the attempt and settle the task. None when the lease was lost (the result is dropped)."""
     token = uuid.UUID(str(lease_token))
     run = TaskRun.objects.select_related("task").get(pk=run_id)
+    result, notes = _storable(result)
     # Large outputs are written to storage before the transaction: no file I/O under the row lock.
     output_rows = [
         stored_file(task=run.task, run=run, direction=TaskFile.Direction.OUTPUT, path=f.path, data=f.data)
@@ -165,11 +167,13 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
         run.stdout, run.stdout_truncated = result.stdout, result.stdout_truncated
         run.stderr, run.stderr_truncated = result.stderr, result.stderr_truncated
         run.failure_kind = kind
+        run.error_message = result.error_message if kind else ""
         run.retry_after_seconds = result.retry_after_seconds
         run.input_tokens, run.output_tokens = result.input_tokens, result.output_tokens
         run.cost_usd = result.cost_usd
         run.latency_ms = result.latency_ms
         run.command = result.command
+        run.notes = notes
         run.save()
         TaskFile.objects.bulk_create(output_rows)
         summary = {
@@ -195,6 +199,25 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
                             retry_after=result.retry_after_seconds, actor=worker, now=now, summary=summary)
     # The freed slot is refilled by the caller's dispatch pass (the worker runs one right away).
     return task
+
+
+def _storable(result: ExecutionResult) -> tuple[ExecutionResult, list[str]]:
+    """The result with everything the database would refuse replaced (NUL, lone surrogates), and a note for
+    each field that needed it: odd output never loses a run."""
+    clean = Sanitiser()
+    outputs, output_errors = [], [clean.text("output_errors", e) for e in result.output_errors]
+    for item in result.outputs:
+        if storable_text(item.path)[1]:
+            output_errors.append(f"output {storable_text(item.path)[0]!r} skipped: its name is not valid UTF-8")
+        else:
+            outputs.append(item)
+    result = replace(
+        result, stdout=clean.text("stdout", result.stdout), stderr=clean.text("stderr", result.stderr),
+        error_message=clean.text("error_message", result.error_message),
+        final_message=clean.text("final_message", result.final_message),
+        command=clean.json("command", result.command), outputs=outputs, output_errors=output_errors,
+    )
+    return result, clean.notes
 
 
 def _failure_kind(result: ExecutionResult, task: Task) -> str:
@@ -300,10 +323,11 @@ def leases_reconcile(*, now: datetime | None = None, limit: int = 500) -> int:
                 if run is None:
                     run = TaskRun.objects.create(task=task, attempt=task.attempt, worker_group=task.worker_group,
                                                  lease_token=task.lease_token or uuid.uuid4(), started_at=now)
+                message = f"worker {run.worker or '?'} stopped renewing its lease"
                 run.status, run.failure_kind, run.finished_at = TaskRun.Status.FAILED, FailureKind.WORKER_LOST, now
-                run.save(update_fields=["status", "failure_kind", "finished_at"])
-                _settle_failure(task, run, kind=FailureKind.WORKER_LOST,
-                                message=f"worker {run.worker or '?'} stopped renewing its lease", retry_after=None,
+                run.error_message = message
+                run.save(update_fields=["status", "failure_kind", "error_message", "finished_at"])
+                _settle_failure(task, run, kind=FailureKind.WORKER_LOST, message=message, retry_after=None,
                                 actor="", now=now)
             handled += 1
     return handled  # the tick dispatches right after reconciling

@@ -256,3 +256,14 @@ def test_a_recursive_glob_survives_symlink_loops_the_cli_left_behind(root: Path)
         if child.is_alive():
             child.kill()
             child.join(timeout=5)
+
+
+def test_an_output_whose_name_is_not_utf8_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    (tmp_path / "good.txt").write_text("fine")
+    with open(os.path.join(os.fsencode(tmp_path), b"bad\xff.txt"), "wb") as handle:
+        handle.write(b"x")
+
+    files, errors = collect_outputs(tmp_path, ["*.txt"], max_bytes=100, max_total_bytes=1000)
+
+    assert [f.path for f in files] == ["good.txt"]
+    assert errors == ["output b'bad\\xff.txt' skipped: its name is not UTF-8"]

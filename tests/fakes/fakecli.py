@@ -91,7 +91,12 @@ def emit_filler(fd: int, nbytes: int, label: str) -> None:
 
 
 def jdump(obj: object) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: valid JSON only as an escape (\ud800), as a real CLI prints it
+        return json.dumps(obj, separators=(",", ":"))
+    return text
 
 
 NOISE_LINES = (
@@ -271,6 +276,9 @@ class Run:
         if self.directive.get("hostile"):
             self._write_file(str(self.directive["hostile"]), json.dumps(
                 snoop(probes=[str(p) for p in self.directive.get("probe") or []]), indent=1).encode())
+        for fd, key in ((1, "stdout_raw_b64"), (2, "stderr_raw_b64")):
+            if self.directive.get(key):
+                _write_all(fd, base64.b64decode(self.directive[key]))
         emit_filler(1, int(self.directive.get("stdout_bytes", 0)), "stdout")
         emit_filler(2, int(self.directive.get("stderr_bytes", 0)), "stderr")
         dump = self.directive.get("dump_env")
@@ -307,6 +315,10 @@ class Run:
         for rel, b64 in (self.directive.get("write_bytes_b64") or {}).items():
             self._write_file(rel, base64.b64decode(b64))
             written.append(rel)
+        for name_b64, text in (self.directive.get("write_raw_names") or {}).items():
+            with open(os.path.join(os.getcwdb(), base64.b64decode(name_b64)), "wb") as handle:
+                handle.write(str(text).encode())
+            written.append(name_b64)
         return written
 
     @property

@@ -9,9 +9,16 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from executors import Control, ExecutionResult, OutputFile
-from tasks_app.models import TaskEvent, TaskFile, TaskRun
+from tasks_app.models import TaskEvent, TaskFile, TaskLogChunk, TaskRun
 from tasks_app.services.dispatch import dispatch_runnable
-from tasks_app.services.runs import backoff_seconds, leases_reconcile, run_finish, run_heartbeat, run_start
+from tasks_app.services.runs import (
+    backoff_seconds,
+    leases_reconcile,
+    run_finish,
+    run_heartbeat,
+    run_log_append,
+    run_start,
+)
 from tasks_app.services.tasks import InputFile, TaskSpec, task_cancel, task_create
 from tests.factories import WorkerGroupFactory
 
@@ -246,6 +253,79 @@ def test_each_transition_locks_the_task_row_once() -> None:
     with CaptureQueriesContext(connection) as queries:
         task_cancel(task_id=task.pk, source="cli")
     assert sum("FOR UPDATE" in q["sql"] for q in queries.captured_queries) == 1
+
+
+def test_odd_output_is_recorded_once_sanitised_and_says_so() -> None:
+    task, lease, _ = _leased(output_files=["*.txt"])
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+    odd = "a\x00b \ud800 c"  # PostgreSQL refuses NUL in text and jsonb, and lone surrogates anywhere
+    result = ExecutionResult(command=["claude", "-p"], exit_code=0, stdout=odd, stderr=odd, final_message=odd,
+                             outputs=[OutputFile("ok.txt", b"\x00fine"), OutputFile("bad\udcff.txt", b"x")])
+
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, result=result, worker="w")
+
+    task.refresh_from_db()
+    run = TaskRun.objects.get(pk=ctx.run_id)
+    assert task.status == "succeeded" and run.status == "succeeded"
+    assert run.stdout == run.stderr == task.result["final_message"] == "a\ufffdb \ufffd c"
+    assert run.notes == [f"{name}: 2 NUL or invalid character(s) replaced with U+FFFD"
+                         for name in ("stdout", "stderr", "final_message")]
+    assert list(TaskFile.objects.filter(task=task, direction="output").values_list("path", flat=True)) == ["ok.txt"]
+    assert TaskFile.objects.get(task=task, direction="output").read_bytes() == b"\x00fine"  # bytes stay bytes
+    assert task.result["output_errors"] == ["output 'bad\ufffd.txt' skipped: its name is not valid UTF-8"]
+
+
+def test_live_output_with_nul_bytes_is_stored_and_numbered_without_gaps() -> None:
+    task, lease, _ = _leased()
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+
+    next_seq = run_log_append(run_id=ctx.run_id, chunks=[("stdout", "a\x00"), ("stderr", ""), ("stdout", "b")],
+                              first_seq=0)
+    next_seq = run_log_append(run_id=ctx.run_id, chunks=[("stdout", "c")], first_seq=next_seq)
+
+    chunks = list(TaskLogChunk.objects.filter(run_id=ctx.run_id).order_by("seq").values_list("seq", "data"))
+    assert chunks == [(0, "a\ufffd"), (1, "b"), (2, "c")] and next_seq == 3
+
+
+def test_each_attempt_keeps_its_own_error_message(settings) -> None:
+    settings.SCHEDULER_RETRY_BASE_SECONDS, settings.SCHEDULER_RETRY_MAX_SECONDS = 0, 0
+    task, lease, _ = _leased(max_attempts=3)
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
+               result=ExecutionResult(command=[], exit_code=1, failure_kind="provider_error",
+                                      error_message="API Error: 500 first"))
+    (lease,) = dispatch_runnable()
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+    task.refresh_from_db()
+    task.lease_expires_at = timezone.now() - timedelta(seconds=1)
+    task.save(update_fields=["lease_expires_at"])
+    leases_reconcile()
+    (lease,) = dispatch_runnable(now=timezone.now() + timedelta(hours=1))
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
+               result=ExecutionResult(command=[], exit_code=0, final_message="ok"))
+
+    messages = list(TaskRun.objects.filter(task=task).order_by("attempt").values_list("failure_kind", "error_message"))
+    assert messages == [("provider_error", "API Error: 500 first"),
+                        ("worker_lost", "worker w stopped renewing its lease"), ("", "")]
+
+
+def test_a_running_task_whose_cancel_was_requested_ends_canceled_when_its_worker_dies() -> None:
+    task, lease, _ = _leased(max_attempts=3)
+    run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+    task_cancel(task_id=task.pk, source="api", actor="ann")
+    task.refresh_from_db()
+    task.lease_expires_at = timezone.now() - timedelta(seconds=1)
+    task.save(update_fields=["lease_expires_at"])
+
+    assert leases_reconcile() == 1
+
+    task.refresh_from_db()
+    assert (task.status, task.lease_token) == ("canceled", None)  # never re-queued, never run again
+    assert TaskRun.objects.get(task=task).failure_kind == "worker_lost"
+    last = TaskEvent.objects.filter(task=task).last()
+    assert (last.from_status, last.to_status, last.source, last.actor) == ("running", "canceled", "api", "ann")
+    assert dispatch_runnable() == []
 
 
 def test_reconcile_returns_expired_leases_to_the_queue() -> None:
