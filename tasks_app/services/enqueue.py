@@ -8,6 +8,7 @@ never receives an id whose row it cannot see yet. A test checks that each name h
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,6 +17,10 @@ from datetime import datetime, timedelta
 from celery import current_app
 from django.db import transaction
 from django.utils import timezone
+from kombu.exceptions import OperationalError
+
+logger = logging.getLogger(__name__)
+BROKER_ERRORS = (OperationalError, OSError)
 
 DISPATCH = "workers.dispatch"
 EXECUTE_RUN = "workers.execute_run"
@@ -49,10 +54,15 @@ def enqueue_dispatch(*, at: datetime | None = None) -> None:
 
 def _send_dispatch(at: datetime | None) -> None:
     delay = (at - timezone.now()) if at is not None else None
-    if delay is None or delay.total_seconds() <= 0:
-        current_app.send_task(DISPATCH, queue=CONTROL_QUEUE)
-    elif delay <= ETA_WAKEUP_HORIZON:
-        current_app.send_task(DISPATCH, queue=CONTROL_QUEUE, eta=at)
+    if delay is not None and delay > ETA_WAKEUP_HORIZON:
+        return
+    eta = at if delay is not None and delay.total_seconds() > 0 else None
+    try:
+        # No publish retries: this is a nudge, and a producer (an API request) must not wait on a broker that is
+        # down. Missing it costs at most one tick (SCHEDULER_TICK_SECONDS), which dispatches whatever is due.
+        current_app.send_task(DISPATCH, queue=CONTROL_QUEUE, eta=eta, retry=False)
+    except BROKER_ERRORS as exc:
+        logger.warning("broker unreachable (%s): the next tick will dispatch", type(exc).__name__)
 
 
 def enqueue_executions(leases: Iterable[Lease]) -> None:
@@ -63,10 +73,15 @@ def enqueue_executions(leases: Iterable[Lease]) -> None:
 
 
 def _send_executions(leases: list[Lease]) -> None:
-    with current_app.producer_or_acquire() as producer:
-        for lease in leases:
-            current_app.send_task(EXECUTE_RUN, args=[str(lease.task_id), str(lease.lease_token)],
-                                  queue=lease.queue, producer=producer)
+    try:
+        with current_app.producer_or_acquire() as producer:
+            for lease in leases:
+                current_app.send_task(EXECUTE_RUN, args=[str(lease.task_id), str(lease.lease_token)],
+                                      queue=lease.queue, producer=producer)
+    except BROKER_ERRORS as exc:
+        # Leased but never sent: the leases expire and the reconciler puts the tasks back in the queue.
+        logger.warning("broker unreachable (%s): %d lease(s) will expire and be retried", type(exc).__name__,
+                       len(leases))
 
 
 def broker_check(*, timeout: float = 2.0) -> None:

@@ -253,6 +253,8 @@ def _end_canceled(task: Task, run: TaskRun, *, message: str, actor: str, now: da
 def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_after: float | None, actor: str,
                     now: datetime, summary: dict[str, Any] | None = None) -> None:
     """Retry with backoff (retryable kinds, attempts left) or fail. `task` is locked by the caller."""
+    if kind == FailureKind.RATE_LIMITED and retry_after is not None:
+        retry_after = max(retry_after, settings.SCHEDULER_RATE_LIMIT_MIN_COOLDOWN_SECONDS)
     if kind == FailureKind.RATE_LIMITED and run.worker_group_id:
         cooldown = retry_after if retry_after is not None else settings.SCHEDULER_RATE_LIMIT_COOLDOWN_SECONDS
         until = now + timedelta(seconds=cooldown)

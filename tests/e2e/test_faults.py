@@ -11,15 +11,19 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery, current_app
 from django.conf import settings
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from tasks_app.models import Task, TaskEvent, TaskFile, TaskRun, WorkerGroup
 from tasks_app.presenters import task_dict
+from tasks_app.services.accounts import token_create, user_create
 from tasks_app.services.groups import group_create
 from tasks_app.services.tasks import TaskSpec, task_create
 from tests.conftest import WorkerProcesses, wait_until
@@ -277,3 +281,54 @@ def test_work_dir_is_removed_after_a_timeout_kill(workers: WorkerProcesses) -> N
 
     assert task.status == "failed" and TaskRun.objects.get(task=task).failure_kind == "timeout"
     assert list((workers.log_dir / "work").iterdir()) == []
+
+
+@contextlib.contextmanager
+def _current_celery_app(broker_url: str) -> Iterator[None]:
+    """This process sends through a Celery app on `broker_url` (what a web process would be configured with)."""
+    previous = current_app._get_current_object()
+    app = Celery("broker-down-test", set_as_current=False)
+    app.config_from_object("django.conf:settings", namespace="CELERY")
+    app.conf.broker_url = broker_url
+    app.set_current()
+    try:
+        yield
+    finally:
+        previous.set_current()
+        app.close()
+
+
+def test_a_task_created_while_the_broker_is_down_is_committed_and_runs_when_it_is_back(
+    workers: WorkerProcesses, tmp_path: Path
+) -> None:
+    port = _free_port()
+    broker = _redis_server(port, tmp_path)
+    url = f"redis://127.0.0.1:{port}/0"
+    env = {**FAST, "CELERY_BROKER_URL": url, "SCHEDULER_BROKER_PREFIX": ""}
+    group_create(tool="claude", account="main")
+    user_create(username="client", tenant="default")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_create(username='client')[1]}")
+    broker.kill()
+    broker.wait(timeout=10)
+
+    with _current_celery_app(url):
+        asked = time.monotonic()
+        response = client.post("/api/v1/tasks/", {"tool": "claude", "prompt": fake("while the broker is down")},
+                               format="json")
+        answered = time.monotonic() - asked
+
+    assert response.status_code == 201, response.content  # never a 500 after the commit (clients would retry)
+    assert answered < 5  # it does not wait out publish retries against a dead broker
+    task = Task.objects.get(pk=response.json()["id"])
+    assert task.status == "queued"
+    broker = _redis_server(port, tmp_path)
+    try:
+        workers.start_beat(env=env)
+        workers.start("control", concurrency=1, env=env)
+        workers.start("claude-main", concurrency=1, env=env)
+        (task,) = wait_terminal(task.pk, timeout=60)  # dispatched by the tick, once the broker is back
+    finally:
+        broker.kill()
+        broker.wait(timeout=10)
+    assert task.status == "succeeded", workers.logs()

@@ -184,3 +184,15 @@ def test_an_http_status_classifies_a_message_that_says_nothing(status: int | Non
 def test_a_rate_limit_status_wins_over_an_auth_sounding_text() -> None:
     assert classify_message("Invalid API key · Please run /login", 429) == "rate_limited"
     assert classify_message("You've hit your session limit", 401) == "auth"
+
+
+@pytest.mark.parametrize(("text", "now", "seconds"), [
+    ("You've hit your weekly limit · resets Dec 9, 5am (Europe/Berlin)", _utc(2026, 12, 2, 4, 0),
+     (_utc(2026, 12, 9, 4, 0) - _utc(2026, 12, 2, 4, 0)).total_seconds()),
+    ("Weekly limit reached ∙ resets Jan 2 at 5:30pm (UTC)", _utc(2026, 12, 30, 12, 0),  # next year's January
+     (_utc(2027, 1, 2, 17, 30) - _utc(2026, 12, 30, 12, 0)).total_seconds()),
+    ("You've hit your weekly limit · resets Dec 9, 5am (UTC)", _utc(2026, 12, 9, 5, 0, 40), 0.0),  # this minute
+    ("You've hit your weekly limit · resets Feb 30, 5am (UTC)", _utc(2026, 2, 1, 0, 0), None),  # no such day
+])
+def test_claude_weekly_reset_on_a_date(text: str, now: datetime, seconds: float | None) -> None:
+    assert retry_after_from_text(text, now=now) == seconds

@@ -287,6 +287,22 @@ def test_live_output_with_nul_bytes_is_stored_and_numbered_without_gaps() -> Non
     assert chunks == [(0, "a\ufffd"), (1, "b"), (2, "c")] and next_seq == 3
 
 
+def test_a_reset_time_that_just_passed_still_rests_the_account_for_the_minimum_cooldown(settings) -> None:
+    settings.SCHEDULER_RATE_LIMIT_MIN_COOLDOWN_SECONDS = 30
+    task, lease, group = _leased(max_attempts=3)
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+    before = timezone.now()
+
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
+               result=ExecutionResult(command=[], exit_code=1, failure_kind="rate_limited", retry_after_seconds=0.0,
+                                      error_message="try again at 3:28 PM."))
+
+    group.refresh_from_db()
+    task.refresh_from_db()
+    assert group.rate_limited_until >= before + timedelta(seconds=30)
+    assert task.status == "queued" and dispatch_runnable() == []  # the only account rests: nothing leased
+
+
 def test_each_attempt_keeps_its_own_error_message(settings) -> None:
     settings.SCHEDULER_RETRY_BASE_SECONDS, settings.SCHEDULER_RETRY_MAX_SECONDS = 0, 0
     task, lease, _ = _leased(max_attempts=3)
