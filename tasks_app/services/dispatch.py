@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
@@ -51,7 +52,8 @@ from tasks_app.transitions import task_lease_batch
 logger = logging.getLogger(__name__)
 
 DISPATCH_LOCK_ID = 0x5C4ED  # any constant shared by every dispatcher
-SLACK_PER_TENANT = 8  # extra candidates per tenant, for tasks skipped because their pinned group is full
+# Extra candidates per tenant: a pinned group or a model can fill up within the pass itself.
+SLACK_PER_TENANT = 8
 
 
 def runnable_filter(now: datetime) -> Q:
@@ -97,13 +99,45 @@ class Candidate(NamedTuple):
     overlap_policy: str | None
 
 
-def candidates(tool: str, wanted: int, now: datetime, *, tenant_load: dict[str, int] | None = None) -> list[Candidate]:
+@dataclass(frozen=True)
+class Placeable:
+    """What can take a task right now; the candidate query leaves out tasks that could not be placed anyway, so
+    any number of them (pinned to a full group, waiting on a busy schedule, of a model at its limit) never
+    hides a runnable task behind them."""
+
+    free_groups: frozenset[int]  # groups of the tool with a free slot
+    busy_schedules: frozenset[int] = frozenset()  # overlap policy "queue", an instance active
+    full_models: frozenset[str] = frozenset()  # `model:<name>` scopes at their limit
+
+
+def _not_placeable_sql(placeable: Placeable) -> tuple[str, list[object]]:
+    clauses: list[str] = []
+    params: list[object] = []
+    groups = sorted(placeable.free_groups)
+    clauses.append(f"(NOT t.worker_group_pinned OR t.worker_group_id IN ({', '.join(['%s'] * len(groups))}))"
+                   if groups else "NOT t.worker_group_pinned")
+    params += groups
+    if placeable.busy_schedules:
+        schedules = sorted(placeable.busy_schedules)
+        clauses.append(f"(t.schedule_id IS NULL OR t.schedule_id NOT IN ({', '.join(['%s'] * len(schedules))}))")
+        params += schedules
+    if placeable.full_models:
+        models = sorted(placeable.full_models)
+        clauses.append(f"t.model NOT IN ({', '.join(['%s'] * len(models))})")
+        params += models
+    return "".join(f" AND {clause}" for clause in clauses), params
+
+
+def candidates(tool: str, wanted: int, now: datetime, *, tenant_load: dict[str, int] | None = None,
+               placeable: Placeable | None = None) -> list[Candidate]:
     """Up to roughly `wanted` runnable tasks of `tool` in dispatch order: priority, then tenant turns, then age.
 
     A tenant's turn counts the tasks it already has leased or running (`tenant_load`), so fairness holds across
-    passes too: when one slot frees, a tenant holding none goes before one holding several.
+    passes too: when one slot frees, a tenant holding none goes before one holding several. With `placeable`,
+    tasks that cannot be placed in this pass are not candidates at all.
     """
     tenant_load = tenant_load or {}
+    extra_sql, extra_params = _not_placeable_sql(placeable) if placeable is not None else ("", [])
     ranked: list[tuple[int, int, datetime, Candidate]] = []
     # Plain SQL: this runs once per tenant per tool on every pass, and compiling the equivalent ORM query cost
     # more than executing it. It walks task_dispatch_idx for one (tool, tenant) and stops at the limit.
@@ -113,14 +147,14 @@ def candidates(tool: str, wanted: int, now: datetime, *, tenant_load: dict[str, 
         FROM {Task._meta.db_table} t LEFT JOIN {Schedule._meta.db_table} s ON s.id = t.schedule_id
         WHERE t.status = %s AND t.tool = %s AND t.tenant = %s
           AND (t.scheduled_at IS NULL OR t.scheduled_at <= %s)
-          AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= %s)
+          AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= %s){extra_sql}
         ORDER BY t.priority DESC, t.created_at ASC
         LIMIT %s
     """  # noqa: S608 - table names come from the models, values are parameters
     at = connection.ops.adapt_datetimefield_value(now)
     for tenant in queued_tenants(tool):
         with connection.cursor() as cursor:
-            cursor.execute(sql, [TaskStatus.QUEUED, tool, tenant, at, at, wanted + SLACK_PER_TENANT])
+            cursor.execute(sql, [TaskStatus.QUEUED, tool, tenant, at, at, *extra_params, wanted + SLACK_PER_TENANT])
             rows = cursor.fetchall()
         turn: Counter[int] = Counter({priority: tenant_load.get(tenant, 0) for priority in range(1, 10)})
         for pk, priority, created_at, model, group_id, pinned, schedule_id, policy in rows:
@@ -181,7 +215,15 @@ def dispatch_runnable(*, now: datetime | None = None) -> list[Lease]:
                 continue
             load = dict(Task.objects.filter(status__in=ACTIVE_STATUSES, tool=tool).values_list("tenant")
                         .annotate(n=Count("id")).order_by())
-            for task in candidates(tool, capacity, now, tenant_load=load):
+            if f"tool:{tool}" in limits and usage[f"tool:{tool}"] >= limits[f"tool:{tool}"]:
+                continue
+            placeable = Placeable(
+                free_groups=frozenset(g.pk for g in tool_groups if free[g.pk] > 0),
+                busy_schedules=frozenset(busy_schedules),
+                full_models=frozenset(scope[len("model:"):] for scope, cap in limits.items()
+                                      if scope.startswith("model:") and usage[scope] >= cap),
+            )
+            for task in candidates(tool, capacity, now, tenant_load=load, placeable=placeable):
                 if capacity <= 0:
                     break
                 if task.schedule_id is not None and task.schedule_id in busy_schedules:

@@ -161,3 +161,32 @@ def test_canceled_between_read_and_lease_is_skipped(monkeypatch) -> None:
     leases = dispatch_runnable()
 
     assert [lease.task_id for lease in leases] == [other.pk]
+
+
+def test_skipped_candidates_never_hide_a_runnable_task_behind_them() -> None:
+    full = WorkerGroupFactory(account="full", max_concurrent=1)
+    free = WorkerGroupFactory(account="free", max_concurrent=1)
+    TaskFactory(status="running", worker_group=full, worker_group_pinned=True)
+    now = timezone.now()
+    # Twenty older tasks pinned to the full group (more than any look-ahead), then one that may run anywhere.
+    for minutes in range(20):
+        TaskFactory(worker_group=full, worker_group_pinned=True, created_at=now - timedelta(minutes=60 - minutes))
+    runnable = TaskFactory(created_at=now)
+
+    (lease,) = dispatch_runnable()
+
+    assert (lease.task_id, lease.queue) == (runnable.pk, free.name)
+
+
+def test_a_model_at_its_limit_does_not_hide_other_models_of_the_same_tenant() -> None:
+    WorkerGroupFactory(account="main", max_concurrent=5)
+    ConcurrencyLimit.objects.create(scope="model:opus", max_concurrent=1)
+    TaskFactory(status="running", model="opus", worker_group=WorkerGroupFactory(account="other", max_concurrent=1))
+    now = timezone.now()
+    for minutes in range(20):
+        TaskFactory(model="opus", created_at=now - timedelta(minutes=60 - minutes))
+    sonnet = TaskFactory(model="sonnet", created_at=now)
+
+    (lease,) = dispatch_runnable()
+
+    assert lease.task_id == sonnet.pk
