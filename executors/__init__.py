@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from executors.adapters import ADAPTERS, adapter_for
 from executors.base import (
+    ACCOUNT_FAILURES,
     RETRYABLE_FAILURES,
     ConfigurationError,
     Control,
@@ -18,6 +19,7 @@ from executors.base import (
 )
 
 __all__ = [
+    "ACCOUNT_FAILURES",
     "ADAPTERS",
     "RETRYABLE_FAILURES",
     "ConfigurationError",

@@ -22,6 +22,7 @@ class FailureKind(StrEnum):
     CANCELED = "canceled"
     INTERNAL = "internal"
     SANDBOX = "sandbox"  # the sandbox could not start, or the run broke out of its work dir
+    UNREACHABLE = "unreachable"  # the CLI could not reach its API (DNS, refused, proxy, TLS)
 
     @property
     def label(self) -> str:
@@ -30,6 +31,9 @@ class FailureKind(StrEnum):
 
 # Failures worth another attempt: the account or the box was the problem, not the job.
 RETRYABLE_FAILURES = frozenset({FailureKind.RATE_LIMITED, FailureKind.PROVIDER_ERROR, FailureKind.WORKER_LOST})
+# The account's problem, not the task's: the task moves to another account without being charged an attempt,
+# and an account that keeps failing so is quarantined.
+ACCOUNT_FAILURES = frozenset({FailureKind.AUTH, FailureKind.CLI_MISSING, FailureKind.UNREACHABLE})
 
 Outcome = FailureKind | Literal[""]  # "" means success
 

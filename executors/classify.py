@@ -23,6 +23,12 @@ PROVIDER_PATTERNS = re.compile(
     r"\b5\d\d\b|internal server error|service unavailable|bad gateway|gateway timeout", re.IGNORECASE
 )
 
+UNREACHABLE_PATTERNS = re.compile(
+    r"unable to connect to api|connection error|connection refused|econnrefused|econnreset|enotfound|getaddrinfo"
+    r"|fetch failed|error sending request|could not resolve host|network is unreachable|etimedout",
+    re.IGNORECASE,
+)
+
 
 def classify_message(text: str, status: int | None = None) -> FailureKind:
     """A failure kind from an HTTP status the CLI reported, else from its message."""
@@ -36,6 +42,8 @@ def classify_message(text: str, status: int | None = None) -> FailureKind:
         return FailureKind.AUTH
     if (status is not None and 500 <= status < 600) or PROVIDER_PATTERNS.search(text):
         return FailureKind.PROVIDER_ERROR
+    if UNREACHABLE_PATTERNS.search(text):
+        return FailureKind.UNREACHABLE
     return FailureKind.EXIT_CODE
 
 

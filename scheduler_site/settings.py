@@ -252,6 +252,10 @@ SCHEDULER_RETRY_MAX_SECONDS = env.float("SCHEDULER_RETRY_MAX_SECONDS", default=6
 SCHEDULER_RATE_LIMIT_COOLDOWN_SECONDS = env.float("SCHEDULER_RATE_LIMIT_COOLDOWN_SECONDS", default=60.0)
 # A reset time that has just passed (or is this very minute) still rests the account this long: never 0.
 SCHEDULER_RATE_LIMIT_MIN_COOLDOWN_SECONDS = env.float("SCHEDULER_RATE_LIMIT_MIN_COOLDOWN_SECONDS", default=30.0)
+# Account-level failures in a row (auth, CLI missing, API unreachable) that quarantine a group until resumed.
+SCHEDULER_ACCOUNT_FAILURE_THRESHOLD = env.int("SCHEDULER_ACCOUNT_FAILURE_THRESHOLD", default=3)
+# How soon a task whose account failed is tried again, on another account.
+SCHEDULER_ACCOUNT_FAILURE_RETRY_SECONDS = env.float("SCHEDULER_ACCOUNT_FAILURE_RETRY_SECONDS", default=1.0)
 SCHEDULER_CANCEL_POLL_SECONDS = env.float("SCHEDULER_CANCEL_POLL_SECONDS", default=1.0)
 SCHEDULER_KILL_GRACE_SECONDS = env.float("SCHEDULER_KILL_GRACE_SECONDS", default=10.0)
 # Every run in a bubblewrap sandbox (docs/security.md); "off" is an explicit opt-out, recorded on each run.

@@ -61,6 +61,11 @@ class WorkerGroup(models.Model):
     allow_dangerous_flags = models.BooleanField(default=False)
     extra_args = models.JSONField(default=list, blank=True, help_text="Extra CLI args from the allow-list.")
     rate_limited_until = models.DateTimeField(null=True, blank=True)
+    # Account-level failures (auth, CLI missing, API unreachable) in a row; at the threshold the group is
+    # quarantined, and takes no work until an operator resumes it.
+    account_failures = models.PositiveIntegerField(default=0, editable=False)
+    quarantined_at = models.DateTimeField(null=True, blank=True, editable=False)
+    quarantine_reason = models.TextField(blank=True, default="", editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -85,6 +90,17 @@ class WorkerGroup(models.Model):
     @property
     def credential_names(self) -> list[str]:
         return sorted(self.credentials)
+
+    @property
+    def health(self) -> str:
+        """ok, quarantined, paused or rate_limited (SPEC §8): why the group takes no work, if it takes none."""
+        if self.quarantined_at is not None:
+            return "quarantined"
+        if not self.enabled:
+            return "paused"
+        if self.rate_limited_until is not None and self.rate_limited_until > timezone.now():
+            return "rate_limited"
+        return "ok"
 
 
 class ConcurrencyLimit(models.Model):

@@ -107,7 +107,10 @@ def group_dict(group: WorkerGroup) -> dict[str, Any]:
         "enabled": group.enabled,
         "running": getattr(group, "running", None),
         "queued": getattr(group, "queued", None),
+        "health": group.health,
         "rate_limited_until": _iso(group.rate_limited_until),
+        "quarantined_at": _iso(group.quarantined_at),
+        "quarantine_reason": group.quarantine_reason,
         "credentials": group.credential_names,  # names only, never values
         "env": group.env,
         "allow_dangerous_flags": group.allow_dangerous_flags,

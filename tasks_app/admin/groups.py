@@ -31,7 +31,7 @@ def _credential_names(group: WorkerGroup) -> list[str] | None:
 @admin.register(WorkerGroup)
 class WorkerGroupAdmin(admin.ModelAdmin):
     form = WorkerGroupForm
-    list_display = ("name", "tool", "enabled", "max_concurrent", "running_count", "queued_count",
+    list_display = ("name", "tool", "health", "enabled", "max_concurrent", "running_count", "queued_count",
                     "rate_limited_until", "heartbeating_workers", "credential_keys")
     list_filter = ("tool", "enabled", "allow_dangerous_flags")
     search_fields = ("name", "account")
@@ -49,8 +49,8 @@ class WorkerGroupAdmin(admin.ModelAdmin):
                 ("Credentials", {"fields": ("credentials_set",)}),
             ]
         return [
-            (None, {"fields": ("name", "tool", "account", "max_concurrent", "enabled",
-                               "rate_limited_until", "heartbeating_workers")}),
+            (None, {"fields": ("name", "tool", "account", "max_concurrent", "enabled", "health",
+                               "rate_limited_until", "quarantined_at", "quarantine_reason", "heartbeating_workers")}),
             ("CLI settings", {"fields": ("env", "extra_args", "allow_dangerous_flags")}),
             ("Credentials", {"fields": ("credential_keys_masked", "credentials_set", "credentials_unset")}),
             ("Audit", {"fields": ("created_at", "updated_at")}),
@@ -60,8 +60,12 @@ class WorkerGroupAdmin(admin.ModelAdmin):
         if obj is None:
             return ()
         # Name, tool and account are the group's identity (and queue name); group_update cannot change them.
-        return ("name", "tool", "account", "rate_limited_until", "heartbeating_workers", "credential_keys_masked",
-                "created_at", "updated_at")
+        return ("name", "tool", "account", "health", "rate_limited_until", "quarantined_at", "quarantine_reason",
+                "heartbeating_workers", "credential_keys_masked", "created_at", "updated_at")
+
+    @admin.display(description="health")
+    def health(self, group: WorkerGroup) -> str:
+        return group.health
 
     @admin.display(description="workers heartbeating")
     def heartbeating_workers(self, group: WorkerGroup) -> str:

@@ -151,15 +151,17 @@ class WorkerGroupSerializer(serializers.ModelSerializer):
     extra_args = serializers.ListField(child=StrictCharField(trim_whitespace=False), required=False)
     running = serializers.IntegerField(read_only=True, required=False)
     queued = serializers.IntegerField(read_only=True, required=False)
+    health = serializers.ChoiceField(choices=["ok", "paused", "rate_limited", "quarantined"], read_only=True)
 
     class Meta:
         model = WorkerGroup
         fields = [
             "name", "tool", "account", "max_concurrent", "enabled", "credentials", "credential_names", "env",
-            "allow_dangerous_flags", "extra_args", "rate_limited_until", "running", "queued", "created_at",
-            "updated_at",
+            "allow_dangerous_flags", "extra_args", "health", "rate_limited_until", "quarantined_at",
+            "quarantine_reason", "running", "queued", "created_at", "updated_at",
         ]
-        read_only_fields = ["name", "rate_limited_until", "created_at", "updated_at"]
+        read_only_fields = ["name", "rate_limited_until", "quarantined_at", "quarantine_reason", "created_at",
+                            "updated_at"]
         validators: list[Any] = []  # uniqueness is the service's to report, with its field-named message
         extra_kwargs = {"account": {"validators": []}, "max_concurrent": {"min_value": 1, "max_value": 1000}}
 

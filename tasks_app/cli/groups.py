@@ -34,8 +34,8 @@ def cmd_groups(args: argparse.Namespace) -> int:
     if args.action == "list":
         data = [group_dict(g) for g in selectors.group_list()]
         emit(args, data, lambda rows: table(
-            ["name", "tool", "enabled", "running", "queued", "cap", "rate-limited until", "credentials"],
-            [[r["name"], r["tool"], r["enabled"], r["running"], r["queued"], r["max_concurrent"],
+            ["name", "tool", "health", "running", "queued", "cap", "rate-limited until", "credentials"],
+            [[r["name"], r["tool"], r["health"], r["running"], r["queued"], r["max_concurrent"],
               r["rate_limited_until"], ", ".join(r["credentials"])] for r in rows],
         ))
         return 0

@@ -186,7 +186,7 @@ def dispatch_runnable(*, now: datetime | None = None) -> list[Lease]:
     with transaction.atomic():
         _take_dispatch_lock()
         groups = [
-            g for g in WorkerGroup.objects.filter(enabled=True)
+            g for g in WorkerGroup.objects.filter(enabled=True, quarantined_at__isnull=True)
             if g.rate_limited_until is None or g.rate_limited_until <= now
         ]
         if not groups:

@@ -119,7 +119,11 @@ def _group_set_enabled(name: str, enabled: bool) -> WorkerGroup:
         if group is None:
             raise ValidationError({"name": [f"no worker group named {name!r}"]})
         group.enabled = enabled
-        group.save(update_fields=["enabled", "updated_at"])
+        fields = ["enabled", "updated_at"]
+        if enabled and group.quarantined_at is not None:  # resuming is how an operator lifts a quarantine
+            group.quarantined_at, group.quarantine_reason, group.account_failures = None, "", 0
+            fields += ["quarantined_at", "quarantine_reason", "account_failures"]
+        group.save(update_fields=fields)
         if enabled:
             enqueue_dispatch()
     return group

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from executors.base import RETRYABLE_FAILURES, Control, ExecutionResult, FailureKind
+from executors.base import ACCOUNT_FAILURES, RETRYABLE_FAILURES, Control, ExecutionResult, FailureKind
 from tasks_app.models import (
     ACTIVE_STATUSES,
     EventSource,
@@ -187,6 +187,7 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
             **({"output_errors": result.output_errors} if result.output_errors else {}),
         }
         if not kind:
+            WorkerGroup.objects.filter(pk=run.worker_group_id, account_failures__gt=0).update(account_failures=0)
             task_transition(
                 locked=task, to=TaskStatus.SUCCEEDED, source=EventSource.WORKER, actor=worker,
                 reason=f"attempt {run.attempt} succeeded", data={"attempt": run.attempt},
@@ -262,12 +263,27 @@ def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_
         if group.rate_limited_until is None or group.rate_limited_until < until:
             group.rate_limited_until = until
             group.save(update_fields=["rate_limited_until", "updated_at"])
+    if kind in ACCOUNT_FAILURES and run.worker_group_id:
+        _account_failed(run.worker_group_id, kind=kind, message=message, now=now)
     if task.cancel_requested_at is not None:
         # The attempt failed before the kill landed (or its box died): a task whose cancel was requested never
         # runs again. The run keeps its own failure kind.
         _end_canceled(task, run, message=message, actor=actor, now=now, summary=summary)
         return
     data = {"attempt": run.attempt, "failure_kind": kind}
+    if kind in ACCOUNT_FAILURES and not task.worker_group_pinned:
+        # The account's problem, not the task's: another account of its tool takes it, and the attempt is not
+        # charged. A failing account is quarantined after a few of these, so this cannot loop for long.
+        retry_at = now + timedelta(seconds=settings.SCHEDULER_ACCOUNT_FAILURE_RETRY_SECONDS)
+        enqueue_dispatch(at=retry_at)
+        task_transition(
+            locked=task, to=TaskStatus.QUEUED, source=EventSource.WORKER if actor else EventSource.SYSTEM,
+            actor=actor, reason=f"attempt {run.attempt} failed ({kind}), an account problem: moving to another account",
+            data={**data, "charged": False},
+            updates={"attempt_base": task.attempt_base + 1, "next_attempt_at": retry_at, "error_message": message,
+                     "worker_group": None, **_lease_cleared()},
+        )
+        return
     if kind in RETRYABLE_FAILURES and task.attempts_left > 0:
         # The reset time belongs to the account: an unpinned task may run elsewhere sooner (the limited group
         # takes nothing until its reset); a pinned one has to wait for it.
@@ -293,6 +309,20 @@ def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_
         actor=actor, reason=f"attempt {run.attempt} failed ({kind}, {why}): {message}"[:1000], data=data,
         updates={"error_message": message, "finished_at": now, "result": summary, **_lease_cleared()},
     )
+
+
+def _account_failed(group_id: int, *, kind: str, message: str, now: datetime) -> None:
+    """One more account-level failure in a row for the group; at the threshold it is quarantined."""
+    group = WorkerGroup.objects.select_for_update().get(pk=group_id)
+    group.account_failures += 1
+    fields = ["account_failures", "updated_at"]
+    if group.account_failures >= settings.SCHEDULER_ACCOUNT_FAILURE_THRESHOLD and group.quarantined_at is None:
+        group.quarantined_at = now
+        group.quarantine_reason = (f"{group.account_failures} account failures in a row; the last: {kind}: "
+                                   f"{message}")[:2000]
+        fields += ["quarantined_at", "quarantine_reason"]
+        logger.warning("group %s quarantined: %s", group.name, group.quarantine_reason)
+    group.save(update_fields=fields)
 
 
 def leases_reconcile(*, now: datetime | None = None, limit: int = 500) -> int:

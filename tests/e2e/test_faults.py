@@ -332,3 +332,23 @@ def test_a_task_created_while_the_broker_is_down_is_committed_and_runs_when_it_i
         broker.kill()
         broker.wait(timeout=10)
     assert task.status == "succeeded", workers.logs()
+
+
+def test_a_revoked_account_is_quarantined_and_every_job_succeeds_on_the_healthy_one(
+    workers: WorkerProcesses, tmp_path: Path
+) -> None:
+    group_create(tool="claude", account="main", max_concurrent=2)
+    revoked = group_create(tool="claude", account="revoked", max_concurrent=2,
+                           env={"FAKE_CLI_FORCE_SCENARIO": "auth"})  # every run: "Invalid API key"
+    workers.start_beat(env=FAST)
+    workers.start("control", concurrency=1, env=FAST)
+    workers.start("claude-main,claude-revoked", concurrency=4, env=FAST)
+
+    tasks = [_enqueue(fake(f"job {i}", tag=f"job-{i}"), max_attempts=1) for i in range(10)]
+    done = wait_terminal(*(t.pk for t in tasks), timeout=120)
+
+    assert [t.status for t in done] == ["succeeded"] * 10, workers.logs()
+    revoked.refresh_from_db()
+    assert revoked.health == "quarantined" and "auth" in revoked.quarantine_reason
+    assert TaskRun.objects.filter(worker_group=revoked, failure_kind="auth").count() == revoked.account_failures
+    assert TaskRun.objects.filter(status="succeeded", worker_group__name="claude-main").count() == 10

@@ -196,3 +196,13 @@ def test_a_rate_limit_status_wins_over_an_auth_sounding_text() -> None:
 ])
 def test_claude_weekly_reset_on_a_date(text: str, now: datetime, seconds: float | None) -> None:
     assert retry_after_from_text(text, now=now) == seconds
+
+
+@pytest.mark.parametrize("text", [
+    "API Error: Unable to connect to API (ConnectionRefused)",
+    "error sending request for url (https://api.openai.com/v1/responses)",
+    "TypeError: fetch failed",
+    "getaddrinfo ENOTFOUND generativelanguage.googleapis.com",
+])
+def test_a_cli_that_cannot_reach_its_api_is_an_account_problem(text: str) -> None:
+    assert classify_message(text) == "unreachable"

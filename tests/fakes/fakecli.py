@@ -199,7 +199,8 @@ class Run:
                     )
                 self.directive = d
                 break
-        scenario = self.directive.get("scenario", "ok")
+        # An account-wide condition (a revoked key, no network) comes from the group's env, whatever the prompt.
+        scenario = os.environ.get("FAKE_CLI_FORCE_SCENARIO") or self.directive.get("scenario", "ok")
         if scenario not in SCENARIOS:
             raise self.reject(DIRECTIVE_ERROR_EXIT, f"fake {self.tool}: unknown scenario {scenario!r}")
         key = self.directive.get("once_key")

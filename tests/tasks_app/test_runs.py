@@ -9,8 +9,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from executors import Control, ExecutionResult, OutputFile
-from tasks_app.models import TaskEvent, TaskFile, TaskLogChunk, TaskRun
+from tasks_app.models import Task, TaskEvent, TaskFile, TaskLogChunk, TaskRun
 from tasks_app.services.dispatch import dispatch_runnable
+from tasks_app.services.groups import group_resume
 from tasks_app.services.runs import (
     backoff_seconds,
     leases_reconcile,
@@ -125,10 +126,10 @@ def test_non_retryable_failure_fails_at_once_and_exhausted_retries_fail() -> Non
     ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
 
     run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
-               result=ExecutionResult(command=[], exit_code=1, failure_kind="auth", error_message="Invalid API key"))
+               result=ExecutionResult(command=[], exit_code=1, failure_kind="exit_code", error_message="boom"))
 
     task.refresh_from_db()
-    assert (task.status, task.error_message) == ("failed", "Invalid API key")
+    assert (task.status, task.error_message) == ("failed", "boom")
     assert "not retryable" in TaskEvent.objects.filter(task=task).last().reason
 
 
@@ -301,6 +302,61 @@ def test_a_reset_time_that_just_passed_still_rests_the_account_for_the_minimum_c
     task.refresh_from_db()
     assert group.rate_limited_until >= before + timedelta(seconds=30)
     assert task.status == "queued" and dispatch_runnable() == []  # the only account rests: nothing leased
+
+
+def test_a_revoked_account_is_quarantined_and_every_task_succeeds_on_the_healthy_one(settings) -> None:
+    settings.SCHEDULER_ACCOUNT_FAILURE_THRESHOLD = 3
+    healthy = WorkerGroupFactory(account="main", max_concurrent=2)
+    revoked = WorkerGroupFactory(account="revoked", max_concurrent=2)
+    tasks = [task_create(spec=TaskSpec(tool="claude", prompt=f"job {i}", max_attempts=1), source="api")[0]
+             for i in range(10)]
+
+    for _ in range(30):  # passes of dispatch + run; bounded
+        leases = dispatch_runnable(now=timezone.now() + timedelta(hours=1))
+        if not leases:
+            break
+        for lease in leases:
+            ctx = run_start(task_id=lease.task_id, lease_token=lease.lease_token, worker=lease.queue)
+            ok = lease.queue == healthy.name
+            run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker=lease.queue, result=ExecutionResult(
+                command=[], exit_code=0 if ok else 1, final_message="done" if ok else "",
+                failure_kind="" if ok else "auth", error_message="" if ok else "Invalid API key · Please run /login"))
+
+    assert sorted({t.status for t in Task.objects.filter(pk__in=[t.pk for t in tasks])}) == ["succeeded"]
+    revoked.refresh_from_db()
+    failed_there = TaskRun.objects.filter(worker_group=revoked, failure_kind="auth").count()
+    # The threshold, plus what was already leased to it in the same pass (its cap) when the third one failed.
+    assert revoked.health == "quarantined" and revoked.account_failures == failed_there
+    assert 3 <= failed_there <= 3 + revoked.max_concurrent - 1
+    assert revoked.quarantine_reason.startswith("3 account failures in a row; the last: auth: Invalid API key")
+    assert TaskRun.objects.filter(worker_group=healthy, status="succeeded").count() == 10
+    moved = TaskEvent.objects.filter(to_status="queued", from_status="running").first()
+    assert moved.data["charged"] is False and "moving to another account" in moved.reason
+
+    group_resume(name=revoked.name)
+    revoked.refresh_from_db()
+    assert (revoked.health, revoked.account_failures, revoked.quarantine_reason) == ("ok", 0, "")
+
+
+def test_a_task_pinned_to_a_failing_account_fails_and_a_success_resets_the_count(settings) -> None:
+    settings.SCHEDULER_ACCOUNT_FAILURE_THRESHOLD = 3
+    task, lease, group = _leased(worker_group="claude-main")
+    ctx = run_start(task_id=task.pk, lease_token=lease.lease_token, worker="w")
+
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
+               result=ExecutionResult(command=[], exit_code=1, failure_kind="unreachable",
+                                      error_message="Unable to connect to API (ConnectionRefused)"))
+
+    task.refresh_from_db()
+    group.refresh_from_db()
+    assert (task.status, group.account_failures, group.health) == ("failed", 1, "ok")
+    other, _ = task_create(spec=TaskSpec(tool="claude", prompt="p"), source="api")
+    (lease,) = dispatch_runnable()
+    ctx = run_start(task_id=other.pk, lease_token=lease.lease_token, worker="w")
+    run_finish(run_id=ctx.run_id, lease_token=lease.lease_token, worker="w",
+               result=ExecutionResult(command=[], exit_code=0, final_message="ok"))
+    group.refresh_from_db()
+    assert group.account_failures == 0
 
 
 def test_each_attempt_keeps_its_own_error_message(settings) -> None:
