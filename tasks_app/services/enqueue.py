@@ -49,20 +49,27 @@ def enqueue_dispatch(*, at: datetime | None = None) -> None:
     time rather than at the next safety-net tick. Only a dispatch message carries an ETA, never an execute
     message: a dispatch pass is idempotent, so an ETA message lost or redelivered by the broker costs nothing.
     """
-    transaction.on_commit(lambda: _send_dispatch(at))
+    transaction.on_commit(lambda: _send_nudge(DISPATCH, [], at))
 
 
-def _send_dispatch(at: datetime | None) -> None:
+def enqueue_schedule_fire(*, schedule_id: int, at: datetime) -> None:
+    """Wake a schedule at `at`, after commit. For a wake-up that came early (a jittery control queue, beat's
+    crontab misfiring around DST): its slot still fires on time, not a whole interval later. A slot fires once
+    however many wake-ups arrive (the firing row is unique)."""
+    transaction.on_commit(lambda: _send_nudge(FIRE_SCHEDULE, [schedule_id], at))
+
+
+def _send_nudge(name: str, args: list[object], at: datetime | None) -> None:
     delay = (at - timezone.now()) if at is not None else None
     if delay is not None and delay > ETA_WAKEUP_HORIZON:
         return
     eta = at if delay is not None and delay.total_seconds() > 0 else None
     try:
         # No publish retries: this is a nudge, and a producer (an API request) must not wait on a broker that is
-        # down. Missing it costs at most one tick (SCHEDULER_TICK_SECONDS), which dispatches whatever is due.
-        current_app.send_task(DISPATCH, queue=CONTROL_QUEUE, eta=eta, retry=False)
+        # down. Missing it costs at most one tick (SCHEDULER_TICK_SECONDS), or beat's next wake-up.
+        current_app.send_task(name, args=args, queue=CONTROL_QUEUE, eta=eta, retry=False)
     except BROKER_ERRORS as exc:
-        logger.warning("broker unreachable (%s): the next tick will dispatch", type(exc).__name__)
+        logger.warning("broker unreachable (%s): %s not sent; the next tick catches up", type(exc).__name__, name)
 
 
 def enqueue_executions(leases: Iterable[Lease]) -> None:

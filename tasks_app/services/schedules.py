@@ -27,7 +27,7 @@ from django_celery_beat.models import ClockedSchedule, CrontabSchedule, Interval
 
 from tasks_app import timing
 from tasks_app.models import TERMINAL_STATUSES, EventSource, OverlapPolicy, Schedule, ScheduleFiring, Task
-from tasks_app.services.enqueue import FIRE_SCHEDULE
+from tasks_app.services.enqueue import FIRE_SCHEDULE, enqueue_schedule_fire
 from tasks_app.services.tasks import InputFile, TaskSpec, task_create, task_spec_clean
 
 EARLY_TOLERANCE = timedelta(seconds=1)  # beat may wake a hair before the slot
@@ -249,7 +249,10 @@ def schedule_fire(*, schedule_id: int, source: str = "beat", actor: str = "",
             fire_time = now
         else:
             due = schedule.next_run_at
-            if not schedule.enabled or due is None or due > now + EARLY_TOLERANCE:
+            if not schedule.enabled or due is None:
+                return None
+            if due > now + EARLY_TOLERANCE:
+                enqueue_schedule_fire(schedule_id=schedule.pk, at=due)  # woken early: come back on time
                 return None
             fire_time, missed = due, 0
             while (following := next_fire(schedule, fire_time)) is not None and following <= now:

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask, PeriodicTasks
@@ -274,3 +278,33 @@ def test_delete_keeps_the_tasks_it_spawned() -> None:
 
     assert Task.objects.get().schedule is None
     assert not PeriodicTask.objects.filter(pk=entry_id).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(not settings.CELERY_BROKER_URL.startswith("redis"), reason="reads the queue from Redis")
+@pytest.mark.parametrize("spec", [{"cron": "", "interval_seconds": 60}, {"cron": "30 2 * * *"}])
+def test_an_early_wake_up_comes_back_at_the_slot_instead_of_losing_it(spec: dict,
+                                                                      django_capture_on_commit_callbacks) -> None:
+    # A control queue that jitters by more than the tolerance, or beat's crontab waking an hour early around a
+    # DST change: the wake-up finds nothing due. It must come back at the slot, not an interval (a day) later.
+    schedule = schedule_create(spec=_spec(**spec))
+    due = timezone.now().replace(microsecond=0) + timedelta(seconds=30)
+    _due(schedule, due)
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    queue = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "") + "control"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert schedule_fire(schedule_id=schedule.pk, now=due - timedelta(seconds=20)) is None
+
+    wake_ups = [raw for raw in broker.lrange(queue, 0, -1)
+                if json.loads(raw)["headers"]["task"] == "workers.fire_schedule"
+                and json.loads(base64.b64decode(json.loads(raw)["body"]))[0] == [schedule.pk]]
+    for raw in wake_ups:
+        broker.lrem(queue, 1, raw)  # ours, in this run's own key space
+    (wake_up,) = wake_ups
+    assert datetime.fromisoformat(json.loads(wake_up)["headers"]["eta"]) == due
+    assert Task.objects.count() == 0
+    # The wake-up at the slot fires it; beat's own late one finds it fired.
+    assert schedule_fire(schedule_id=schedule.pk, now=due).outcome == "created"
+    assert schedule_fire(schedule_id=schedule.pk, now=due + timedelta(seconds=2)) is None
+    assert Task.objects.count() == 1
