@@ -18,6 +18,7 @@ import pytest
 import redis
 from celery import Celery, current_app
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -236,7 +237,7 @@ def test_credentials_never_reach_logs_runs_events_or_json(workers: WorkerProcess
 
     tasks = [
         _enqueue(fake("ok", tag="ok")),
-        _enqueue(fake("auth", scenario="auth")),
+        _enqueue(fake("auth", scenario="auth"), worker_group="claude-team-a"),  # pinned: it fails, not moves
         _enqueue(fake("limit", scenario="rate_limit"), max_attempts=1),
         _enqueue(fake("crash", scenario="exit", exit_code=2, stderr="boom")),
     ]
@@ -352,3 +353,29 @@ def test_a_revoked_account_is_quarantined_and_every_job_succeeds_on_the_healthy_
     assert revoked.health == "quarantined" and "auth" in revoked.quarantine_reason
     assert TaskRun.objects.filter(worker_group=revoked, failure_kind="auth").count() == revoked.account_failures
     assert TaskRun.objects.filter(status="succeeded", worker_group__name="claude-main").count() == 10
+
+
+@pytest.mark.skipif(settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
+                    reason="terminates PostgreSQL connections")
+def test_database_connections_dropped_mid_run_do_not_kill_the_cli(workers: WorkerProcesses, tmp_path: Path) -> None:
+    log = tmp_path / "cli.log"
+    group_create(tool="claude", account="main", max_concurrent=1, env={"FAKE_CLI_LOG": str(log)})
+    workers.start_beat(env=FAST)
+    workers.start("control", concurrency=1, env=FAST)
+    workers.start("claude-main", concurrency=1, env=FAST)
+    task = _enqueue(fake("long", sleep=4, tag="long", write={"out.txt": "done"}), output_files=["out.txt"])
+    wait_until(lambda: _started(log, "long"), message="the CLI to start")
+
+    # What a failover or a restarted pooler does to the workers' connections (this test database's only).
+    for _ in range(3):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        time.sleep(0.7)
+    (task,) = wait_terminal(task.pk, timeout=60)
+
+    assert task.status == "succeeded", workers.logs()
+    runs = list(TaskRun.objects.filter(task=task).values_list("attempt", "status", "failure_kind"))
+    assert runs == [(1, "succeeded", "")]  # the same CLI run, not a retry after a killed one
+    assert len(_started(log, "long")) == 1
+    assert TaskFile.objects.get(task=task, direction="output").read_bytes() == b"done"

@@ -13,7 +13,7 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from tasks_app.models import Task, TaskEvent, TaskFile, TaskRun
+from tasks_app.models import Task, TaskEvent, TaskFile, TaskRun, WorkerGroup
 from tasks_app.services.groups import group_create
 from tasks_app.services.tasks import TaskSpec, task_create
 from tests.conftest import ROOT, WorkerProcesses, wait_until
@@ -188,19 +188,23 @@ def test_a_job_past_its_timeout_is_killed_with_its_children(workers: WorkerProce
     assert processes_with_env("FAKE_CLI_LOG", str(log)) == []
 
 
-def test_a_missing_cli_fails_the_task_with_a_clear_recorded_reason(workers: WorkerProcesses) -> None:
-    group_create(tool="gemini", account="main")
+def test_a_missing_cli_quarantines_its_group_with_a_clear_reason_and_the_task_waits(workers: WorkerProcesses) -> None:
+    group = group_create(tool="gemini", account="main")
     workers.start("control", concurrency=1)
     workers.start("gemini-main", concurrency=1, env={"SCHEDULER_GEMINI_BIN": "/opt/not-installed/gemini"})
 
     task, _ = task_create(spec=TaskSpec(tool="gemini", prompt="anything", max_attempts=3), source="api")
-    (task,) = wait_terminal(task.pk)
+    wait_until(lambda: WorkerGroup.objects.get(pk=group.pk).health == "quarantined", timeout=60,
+               message="the group to be quarantined")
 
-    assert task.status == "failed"  # not retried: installing the CLI is an operator's job
-    (run,) = TaskRun.objects.filter(task=task)
-    assert (run.failure_kind, run.exit_code) == ("cli_missing", None)
-    assert task.error_message == "/opt/not-installed/gemini not found: set SCHEDULER_GEMINI_BIN or install gemini"
-    assert "not retryable" in TaskEvent.objects.filter(task=task).last().reason
+    # Installing the CLI is an operator's job: the account is set aside, the task is not charged and waits.
+    message = "/opt/not-installed/gemini not found: set SCHEDULER_GEMINI_BIN or install gemini"
+    runs = list(TaskRun.objects.filter(task=task).values_list("failure_kind", "exit_code", "error_message"))
+    assert runs == [("cli_missing", None, message)] * 3
+    task.refresh_from_db()
+    group.refresh_from_db()
+    assert (task.status, task.attempts_left) == ("queued", 3)
+    assert group.quarantine_reason == f"3 account failures in a row; the last: cli_missing: {message}"
 
 
 def test_scheduled_and_backed_off_tasks_start_on_time_without_waiting_for_a_tick(

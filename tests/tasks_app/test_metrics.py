@@ -40,7 +40,7 @@ def test_metrics_parse_and_counters_move_after_a_job_runs(client) -> None:
     WorkerGroupFactory(account="main", max_concurrent=4)
     before = scrape(client)
     run_one_job()
-    run_one_job(failure_kind="auth")
+    run_one_job(failure_kind="exit_code")
     task_create(spec=TaskSpec(tool="claude", prompt="waiting"), source="api")
 
     after = scrape(client)
@@ -48,7 +48,8 @@ def test_metrics_parse_and_counters_move_after_a_job_runs(client) -> None:
     group = ("worker_group", "claude-main")
     succeeded = ("cli_scheduler_runs_total", (("failure_kind", ""), ("status", "succeeded"), ("tool", "claude"), group))
     assert before.get(succeeded, 0) == 0 and after[succeeded] == 1
-    failed = ("cli_scheduler_runs_total", (("failure_kind", "auth"), ("status", "failed"), ("tool", "claude"), group))
+    failed = ("cli_scheduler_runs_total", (("failure_kind", "exit_code"), ("status", "failed"), ("tool", "claude"),
+                                          group))
     assert after[failed] == 1
     assert after[("cli_scheduler_tokens_total", (("direction", "input"), group))] == 200
     assert after[("cli_scheduler_cost_usd_total", (group,))] == 0.5
