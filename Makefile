@@ -45,6 +45,8 @@ lint: install
 # key prefix, so runs on one machine (CI, developers, several checkouts) never see each other's rows or queues.
 test-postgres: install
 	tmp=$$(mktemp -d) && db=cli_scheduler_$$(basename $$tmp | tr -dc 'A-Za-z0-9' | tr 'A-Z' 'a-z') && \
+	SECRET_KEY=$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))') \
+	SCHEDULER_ENCRYPTION_KEY=$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))') \
 	DATABASE_URL=$(PG_SERVER)/$$db CELERY_BROKER_URL=$(REDIS_URL) SCHEDULER_BROKER_PREFIX="test-$$db:" DB_CONN_MAX_AGE=0 \
 	SCHEDULER_VAR_DIR=$$tmp $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; rm -rf $$tmp; exit $$rc
 

@@ -5,8 +5,10 @@ SQLite and a file-system Celery transport under ``var/``, good for one box and f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import environ
@@ -21,15 +23,32 @@ VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 
 def _local_secret(name: str) -> str:
-    """A random secret kept under var/ so the embedded default needs no setup and survives restarts."""
+    """A random secret kept under var/ so the embedded default needs no setup and survives restarts.
+
+    Created once, atomically: written whole to a private file, then linked into place, which fails if another
+    process got there first. Every process started at once reads the same value, never a half-written one."""
     path = VAR_DIR / name
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
+        draft = VAR_DIR / f".{name}.{os.getpid()}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+        try:
+            with contextlib.suppress(FileExistsError):  # another process created it first: all use that one
+                os.link(draft, path)
+        finally:
+            draft.unlink()
     return path.read_text().strip()
 
 
 DEBUG = env.bool("DEBUG", default=False)
+# The embedded default (no DATABASE_URL: SQLite under var/) makes its own keys. Anything else with DEBUG off is a
+# real deployment: its keys must be given, the same to every process, or stored credentials cannot be read.
+EMBEDDED = not env.str("DATABASE_URL", default="")
+_missing_keys = [name for name in ("SECRET_KEY", "SCHEDULER_ENCRYPTION_KEY") if not env.str(name, default="")]
+if _missing_keys and not DEBUG and not EMBEDDED:
+    sys.exit(f"error: set {' and '.join(_missing_keys)} in the environment (DEBUG is off and DATABASE_URL is set), "
+             "the same for every process, e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))'")
 SECRET_KEY = env.str("SECRET_KEY", default="") or _local_secret("secret_key")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 

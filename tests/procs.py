@@ -7,6 +7,7 @@ Plain Python, no Django, no pytest: bench/stack.py imports it too (tests never i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,11 @@ FAKES_BIN = Path(__file__).resolve().parent / "fakes" / "bin"
 def stand_in_env(*, database_url: str, broker_url: str, var_dir: Path | str, work_dir: Path) -> dict[str, str]:
     """This process's environment for a product process whose CLIs are the stand-ins in tests/fakes/bin."""
     env = dict(os.environ)
+    # A real database means real keys (settings refuse to start without): one pair per run, the same for every
+    # process of it, unless the caller's environment has them (`make test` gives each run its own).
+    run_key = hashlib.sha256(f"cli-scheduler-run:{var_dir}".encode()).hexdigest()
+    env.setdefault("SECRET_KEY", f"run-{run_key}")
+    env.setdefault("SCHEDULER_ENCRYPTION_KEY", f"run-credentials-{run_key}")
     env.update(
         DJANGO_SETTINGS_MODULE="scheduler_site.settings",
         DATABASE_URL=database_url,

@@ -14,9 +14,10 @@ from django.conf import settings
 from executors.sandbox import bwrap_check
 from tasks_app.services.dispatch import dispatch_runnable
 from tasks_app.services.enqueue import DISPATCH, EXECUTE_RUN, FIRE_SCHEDULE, TICK
+from tasks_app.services.groups import groups_check_credentials
 from tasks_app.services.runs import leases_reconcile, run_logs_prune
 from tasks_app.services.schedules import schedule_fire
-from workers.execution import attempt_run
+from workers.execution import attempt_run, worker_id
 from workers.maintenance import prune_processed_messages, stale_work_dirs_remove
 
 
@@ -65,7 +66,12 @@ def _refuse_to_run_unsandboxed(**_: object) -> None:
 
 
 @worker_ready.connect
-def _on_worker_ready(**_: object) -> None:
+def _on_worker_ready(sender: object = None, **_: object) -> None:
     if settings.SCHEDULER_SANDBOX == "off":
         logger.warning("SCHEDULER_SANDBOX=off: CLIs run without a sandbox and can read what this worker can read")
     stale_work_dirs_remove()
+    queues = getattr(getattr(sender, "app", None), "amqp", None)
+    names = sorted((queues.queues.consume_from or {}) if queues is not None else ())
+    for name in groups_check_credentials(names=names, worker=worker_id()):
+        logger.error("cannot decrypt the credentials of group %s with this box's SCHEDULER_ENCRYPTION_KEY: the group "
+                     "is quarantined until the keys agree and an operator resumes it", name)

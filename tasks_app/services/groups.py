@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from executors import ConfigurationError, adapter_for
+from tasks_app.crypto import CredentialsUnreadable
 from tasks_app.models import Tool, WorkerGroup
 from tasks_app.services.enqueue import enqueue_dispatch
 
+logger = logging.getLogger(__name__)
 _ACCOUNT = re.compile(r"^[a-z0-9][a-z0-9-]{0,78}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # The child must never be told where the scheduler's own state lives.
@@ -135,3 +140,35 @@ def group_pause(*, name: str) -> WorkerGroup:
 
 def group_resume(*, name: str) -> WorkerGroup:
     return _group_set_enabled(name, True)
+
+
+def undecryptable_reason(worker: str) -> str:
+    return (f"worker {worker} cannot decrypt the group's credentials: its SCHEDULER_ENCRYPTION_KEY differs from the "
+            "one that stored them")
+
+
+def group_quarantine_locked(group: WorkerGroup, *, reason: str) -> None:
+    """Set the group aside with its reason, until an operator resumes it. The caller holds the group's row lock;
+    a group already quarantined keeps its first reason."""
+    if group.quarantined_at is not None:
+        return
+    group.quarantined_at, group.quarantine_reason = timezone.now(), reason[:2000]
+    group.save(update_fields=["quarantined_at", "quarantine_reason", "updated_at"])
+    logger.warning("group %s quarantined: %s", group.name, group.quarantine_reason)
+
+
+def groups_check_credentials(*, names: Iterable[str], worker: str) -> list[str]:
+    """At a worker's start: the groups among `names` whose credentials this box cannot decrypt are quarantined
+    (so they get no leases), and named in the return value."""
+    unreadable = []
+    for name in names:
+        with transaction.atomic():
+            group = WorkerGroup.objects.select_for_update().filter(name=name).first()
+            if group is None:
+                continue
+            try:
+                group.credentials  # noqa: B018 - decrypting is the check
+            except CredentialsUnreadable:
+                unreadable.append(name)
+                group_quarantine_locked(group, reason=undecryptable_reason(worker))
+    return unreadable

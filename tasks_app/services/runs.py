@@ -20,6 +20,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from executors.base import ACCOUNT_FAILURES, RETRYABLE_FAILURES, Control, ExecutionResult, FailureKind
+from tasks_app.crypto import CredentialsUnreadable
 from tasks_app.models import (
     ACTIVE_STATUSES,
     EventSource,
@@ -32,6 +33,7 @@ from tasks_app.models import (
 )
 from tasks_app.sanitize import Sanitiser, storable_text
 from tasks_app.services.enqueue import enqueue_dispatch
+from tasks_app.services.groups import group_quarantine_locked, undecryptable_reason
 from tasks_app.services.tasks import stored_file
 from tasks_app.transitions import lease_expiry, task_lock, task_transition
 
@@ -72,6 +74,20 @@ def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: st
             logger.info("dropping stale execute message for task %s", task_id)
             return None
         group = WorkerGroup.objects.get(pk=task.worker_group_id)
+        try:
+            credentials = group.credentials
+        except CredentialsUnreadable:
+            # This box's key cannot read the account's credentials: nothing can run for the group here. The task
+            # goes back to the queue untouched (never running, then worker_lost) and the group is set aside.
+            group_quarantine_locked(WorkerGroup.objects.select_for_update().get(pk=group.pk),
+                                    reason=undecryptable_reason(worker))
+            task_transition(
+                locked=task, to=TaskStatus.QUEUED, source=EventSource.WORKER, actor=worker,
+                reason=f"not started: {worker} cannot decrypt the credentials of {group.name}",
+                updates={"worker_group": task.worker_group if task.worker_group_pinned else None,
+                         **_lease_cleared()},
+            )
+            return None
         attempt = task.attempt + 1
         task_transition(
             locked=task, to=TaskStatus.RUNNING, source=EventSource.WORKER, actor=worker,
@@ -91,7 +107,7 @@ def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: st
     return RunContext(
         task_id=task.pk, run_id=run.pk, attempt=attempt, lease_token=token, tool=task.tool, model=task.model,
         prompt=task.prompt, group_name=group.name, group_env=dict(group.env or {}),
-        credentials=group.credentials, extra_args=list(group.extra_args or []),
+        credentials=credentials, extra_args=list(group.extra_args or []),
         allow_dangerous_flags=group.allow_dangerous_flags, input_files=inputs,
         output_patterns=list(task.output_files or []), timeout_seconds=task.timeout_seconds,
     )
@@ -315,14 +331,10 @@ def _account_failed(group_id: int, *, kind: str, message: str, now: datetime) ->
     """One more account-level failure in a row for the group; at the threshold it is quarantined."""
     group = WorkerGroup.objects.select_for_update().get(pk=group_id)
     group.account_failures += 1
-    fields = ["account_failures", "updated_at"]
-    if group.account_failures >= settings.SCHEDULER_ACCOUNT_FAILURE_THRESHOLD and group.quarantined_at is None:
-        group.quarantined_at = now
-        group.quarantine_reason = (f"{group.account_failures} account failures in a row; the last: {kind}: "
-                                   f"{message}")[:2000]
-        fields += ["quarantined_at", "quarantine_reason"]
-        logger.warning("group %s quarantined: %s", group.name, group.quarantine_reason)
-    group.save(update_fields=fields)
+    group.save(update_fields=["account_failures", "updated_at"])
+    if group.account_failures >= settings.SCHEDULER_ACCOUNT_FAILURE_THRESHOLD:
+        group_quarantine_locked(group, reason=f"{group.account_failures} account failures in a row; the last: "
+                                              f"{kind}: {message}")
 
 
 def leases_reconcile(*, now: datetime | None = None, limit: int = 500) -> int:

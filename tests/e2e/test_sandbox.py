@@ -18,23 +18,13 @@ from tasks_app.models import Task, TaskEvent, TaskFile, TaskRun
 from tasks_app.services.groups import group_create
 from tasks_app.services.tasks import InputFile, TaskSpec, task_create
 from tests.conftest import WorkerProcesses, wait_until
+from tests.e2e.test_faults import FAST, _enqueue
 from tests.e2e.test_pipeline import fake, read_log, wait_terminal
 from tests.procs import cli_processes, processes_with_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(bwrap_check()), reason="make test installs bubblewrap")]
 
-LEASE = 3.0
-FAST = {
-    "SCHEDULER_LEASE_SECONDS": str(int(LEASE)),
-    "SCHEDULER_TICK_SECONDS": "0.5",
-    "SCHEDULER_RETRY_BASE_SECONDS": "0.5",
-    "SCHEDULER_RETRY_MAX_SECONDS": "1",
-    "SCHEDULER_CANCEL_POLL_SECONDS": "0.2",
-}
-
-
-def _enqueue(prompt: str, **spec) -> Task:
-    return task_create(spec=TaskSpec(tool="claude", prompt=prompt, **spec), source="api")[0]
+LEASE = float(FAST["SCHEDULER_LEASE_SECONDS"])
 
 
 def _logged(log: Path, event: str, tag: str) -> list[dict]:

@@ -359,6 +359,20 @@ def test_a_task_pinned_to_a_failing_account_fails_and_a_success_resets_the_count
     assert group.account_failures == 0
 
 
+def test_a_box_that_cannot_decrypt_the_credentials_never_starts_the_run(settings) -> None:
+    task, lease, group = _leased()  # its credentials stored with this process's key
+    settings.SCHEDULER_ENCRYPTION_KEY = "a-different-key-on-this-box-" + "x" * 30
+
+    assert run_start(task_id=task.pk, lease_token=lease.lease_token, worker="box:9") is None
+
+    task.refresh_from_db()
+    group.refresh_from_db()
+    assert (task.status, task.lease_token, task.attempt) == ("queued", None, 0)  # never running, never worker_lost
+    assert not TaskRun.objects.filter(task=task).exists()
+    assert group.health == "quarantined" and group.quarantine_reason.startswith("worker box:9 cannot decrypt")
+    assert dispatch_runnable() == []
+
+
 def test_each_attempt_keeps_its_own_error_message(settings) -> None:
     settings.SCHEDULER_RETRY_BASE_SECONDS, settings.SCHEDULER_RETRY_MAX_SECONDS = 0, 0
     task, lease, _ = _leased(max_attempts=3)
