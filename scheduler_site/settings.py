@@ -42,13 +42,14 @@ def _local_secret(name: str) -> str:
 
 
 DEBUG = env.bool("DEBUG", default=False)
-# The embedded default (no DATABASE_URL: SQLite under var/) makes its own keys. Anything else with DEBUG off is a
+# The embedded default (SQLite under var/) makes its own keys. Anything else with DEBUG off is a
 # real deployment: its keys must be given, the same to every process, or stored credentials cannot be read.
-EMBEDDED = not env.str("DATABASE_URL", default="")
+EMBEDDED = env.str("DATABASE_URL", default="sqlite:").startswith("sqlite:")
 _missing_keys = [name for name in ("SECRET_KEY", "SCHEDULER_ENCRYPTION_KEY") if not env.str(name, default="")]
 if _missing_keys and not DEBUG and not EMBEDDED:
-    sys.exit(f"error: set {' and '.join(_missing_keys)} in the environment (DEBUG is off and DATABASE_URL is set), "
-             "the same for every process, e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))'")
+    sys.exit(f"error: set {' and '.join(_missing_keys)} in the environment (DEBUG is off and DATABASE_URL names a "
+             "database server), the same for every process, e.g. python -c 'import secrets; "
+             "print(secrets.token_urlsafe(50))'")
 SECRET_KEY = env.str("SECRET_KEY", default="") or _local_secret("secret_key")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 

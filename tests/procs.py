@@ -22,9 +22,11 @@ def stand_in_env(*, database_url: str, broker_url: str, var_dir: Path | str, wor
     env = dict(os.environ)
     # A real database means real keys (settings refuse to start without): one pair per run, the same for every
     # process of it, unless the caller's environment has them (`make test` gives each run its own).
-    run_key = hashlib.sha256(f"cli-scheduler-run:{var_dir}".encode()).hexdigest()
-    env.setdefault("SECRET_KEY", f"run-{run_key}")
-    env.setdefault("SCHEDULER_ENCRYPTION_KEY", f"run-credentials-{run_key}")
+    # (The embedded default needs none: its processes share var/ and the key generated there.)
+    if not database_url.startswith("sqlite"):
+        run_key = hashlib.sha256(f"cli-scheduler-run:{var_dir}".encode()).hexdigest()
+        env.setdefault("SECRET_KEY", f"run-{run_key}")
+        env.setdefault("SCHEDULER_ENCRYPTION_KEY", f"run-credentials-{run_key}")
     env.update(
         DJANGO_SETTINGS_MODULE="scheduler_site.settings",
         DATABASE_URL=database_url,
