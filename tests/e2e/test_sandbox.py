@@ -16,7 +16,7 @@ from django.conf import settings
 from executors.sandbox import bwrap_check
 from tasks_app.models import Task, TaskEvent, TaskFile, TaskRun
 from tasks_app.services.groups import group_create
-from tasks_app.services.tasks import InputFile, TaskSpec, task_create
+from tasks_app.services.tasks import InputFile, TaskSpec, task_cancel, task_create
 from tests.conftest import WorkerProcesses, wait_until
 from tests.e2e.test_faults import FAST, _enqueue
 from tests.e2e.test_pipeline import fake, read_log, wait_terminal
@@ -112,7 +112,7 @@ def test_a_hostile_cli_reaches_no_secret_of_the_worker_other_groups_or_other_ten
     workers.start("control", concurrency=1, env=env)
     workers.start("claude-main,claude-other", concurrency=2, env=env)
     # Another tenant's job runs at the same time, with an input file of its own.
-    neighbour = task_create(spec=TaskSpec(tool="claude", prompt=fake("neighbour", sleep=8, tag="neighbour"),
+    neighbour = task_create(spec=TaskSpec(tool="claude", prompt=fake("neighbour", scenario="hang", tag="neighbour"),
                                           worker_group="claude-other",
                                           input_files=[InputFile("private/plan.txt", b"neighbour-input-secret-52")]),
                             tenant="other-tenant", source="api")[0]
@@ -139,6 +139,8 @@ def test_a_hostile_cli_reaches_no_secret_of_the_worker_other_groups_or_other_ten
     assert reached == dict.fromkeys([str(var_dir), str(other_state), "/root"])  # unreachable, all of them
     assert TaskRun.objects.get(task=hostile).sandbox == "bwrap"
     assert Task.objects.get(pk=neighbour.pk).status == "running"  # it was there to be found, all along
+    task_cancel(task_id=neighbour.pk, source="api", actor="test")
+    wait_terminal(neighbour.pk, timeout=30)
 
 
 def test_sandbox_off_is_an_explicit_recorded_choice(workers: WorkerProcesses, tmp_path: Path) -> None:
