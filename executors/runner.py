@@ -173,10 +173,11 @@ def execute(spec: ExecutionSpec, *, heartbeat: Heartbeat | None = None, on_outpu
         except (ConfinementError, OSError) as exc:
             result.failure_kind, result.error_message = FailureKind.INTERNAL, f"input refused: {_describe(exc)}"
             return result
-        shutil.rmtree(private_tmp, ignore_errors=True)  # left over by a killed worker
-        private_tmp.mkdir(mode=0o700)
-        _run_process(replace(spec, env={**spec.env, "TMPDIR": str(private_tmp)}), adapter, result, heartbeat,
-                     on_output, lease)
+        if not spec.sandbox.enabled:  # in the sandbox /tmp itself is private (and TMPDIR points there)
+            shutil.rmtree(private_tmp, ignore_errors=True)  # left over by a killed worker
+            private_tmp.mkdir(mode=0o700)
+            spec = replace(spec, env={**spec.env, "TMPDIR": str(private_tmp)})
+        _run_process(spec, adapter, result, heartbeat, on_output, lease)
         if result.succeeded:
             _collect(spec, root_fd, result)
     except OSError as exc:

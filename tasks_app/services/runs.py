@@ -224,8 +224,9 @@ def _storable(result: ExecutionResult) -> tuple[ExecutionResult, list[str]]:
     clean = Sanitiser()
     outputs, output_errors = [], [clean.text("output_errors", e) for e in result.output_errors]
     for item in result.outputs:
-        if storable_text(item.path)[1]:
-            output_errors.append(f"output {storable_text(item.path)[0]!r} skipped: its name is not valid UTF-8")
+        path, replaced = storable_text(item.path)
+        if replaced:
+            output_errors.append(f"output {path!r} skipped: its name is not valid UTF-8")
         else:
             outputs.append(item)
     result = replace(
