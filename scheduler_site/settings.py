@@ -241,10 +241,11 @@ CELERY_TASK_SEND_SENT_EVENT = True
 # Beat keeps its timing in the database (django-celery-beat); this static entry is the dispatcher's
 # safety-net tick and the lease reconciler.
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+SCHEDULER_TICK_SECONDS = env.float("SCHEDULER_TICK_SECONDS", default=5.0)
 CELERY_BEAT_SCHEDULE = {
     "scheduler-tick": {
         "task": "workers.tick",
-        "schedule": env.float("SCHEDULER_TICK_SECONDS", default=5.0),
+        "schedule": SCHEDULER_TICK_SECONDS,
         "options": {"queue": "control", "expires": 30},
     },
 }
@@ -278,6 +279,10 @@ SCHEDULER_ACCOUNT_FAILURE_THRESHOLD = env.int("SCHEDULER_ACCOUNT_FAILURE_THRESHO
 SCHEDULER_ACCOUNT_FAILURE_RETRY_SECONDS = env.float("SCHEDULER_ACCOUNT_FAILURE_RETRY_SECONDS", default=1.0)
 SCHEDULER_CANCEL_POLL_SECONDS = env.float("SCHEDULER_CANCEL_POLL_SECONDS", default=1.0)
 SCHEDULER_KILL_GRACE_SECONDS = env.float("SCHEDULER_KILL_GRACE_SECONDS", default=10.0)
+# Each worker writes a heartbeat this often while connected to the broker; one silent for the timeout is not live,
+# and a group whose queue no live worker consumes gets no leases.
+SCHEDULER_WORKER_HEARTBEAT_SECONDS = env.float("SCHEDULER_WORKER_HEARTBEAT_SECONDS", default=10.0)
+SCHEDULER_WORKER_TIMEOUT_SECONDS = env.float("SCHEDULER_WORKER_TIMEOUT_SECONDS", default=30.0)
 # Every run in a bubblewrap sandbox (docs/security.md); "off" is an explicit opt-out, recorded on each run.
 SCHEDULER_SANDBOX = env.str("SCHEDULER_SANDBOX", default="bwrap")
 if SCHEDULER_SANDBOX not in ("bwrap", "off"):

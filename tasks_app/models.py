@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
+from django.utils.functional import cached_property
 
 from executors.base import FailureKind
 from tasks_app import crypto
@@ -91,16 +94,76 @@ class WorkerGroup(models.Model):
     def credential_names(self) -> list[str]:
         return sorted(self.credentials)
 
+    @cached_property
+    def live_workers(self) -> int:
+        """Live workers consuming this group's queue. List views set it for every group from one query
+        (`selectors.groups_attach_live_workers`); on its own a group asks the database."""
+        return sum(1 for queues in Worker.objects.live().values_list("queues", flat=True) if self.name in queues)
+
     @property
     def health(self) -> str:
-        """ok, quarantined, paused or rate_limited (SPEC §8): why the group takes no work, if it takes none."""
+        """Why the group takes no work, if it takes none (SPEC §8): quarantined, paused, no_worker, rate_limited;
+        else ok."""
         if self.quarantined_at is not None:
             return "quarantined"
         if not self.enabled:
             return "paused"
+        if not self.live_workers:
+            return "no_worker"
         if self.rate_limited_until is not None and self.rate_limited_until > timezone.now():
             return "rate_limited"
         return "ok"
+
+
+GROUP_HEALTH = ["ok", "paused", "rate_limited", "quarantined", "over_budget", "no_worker"]
+
+
+class WorkerQuerySet(models.QuerySet["Worker"]):
+    def live(self) -> WorkerQuerySet:
+        """Registered, not stopped, and heartbeating within SCHEDULER_WORKER_TIMEOUT_SECONDS by the database's
+        clock (each box writes its beats with the database's `Now()`, so box clocks do not matter)."""
+        return self.filter(worker_live_q())
+
+
+def worker_live_q() -> Q:
+    cutoff = Now() - timedelta(seconds=settings.SCHEDULER_WORKER_TIMEOUT_SECONDS)
+    return Q(stopped_at__isnull=True, last_heartbeat__gte=cutoff)
+
+
+class Worker(models.Model):
+    """A Celery worker process as it registers and heartbeats (`workers/registry.py`) while connected to the
+    broker. Groups whose queue no live worker consumes get no leases."""
+
+    hostname = models.CharField(max_length=255, help_text="The Celery node name, e.g. claude-main@box1.")
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=list, help_text="The queues it consumes.")
+    concurrency = models.PositiveIntegerField(default=0)
+    sandbox = models.CharField(max_length=8, blank=True, default="", help_text="How it runs CLIs: bwrap or off.")
+    started_at = models.DateTimeField(default=timezone.now)
+    last_heartbeat = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True, help_text="Set when it shut down cleanly.")
+
+    objects = WorkerQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["hostname", "-started_at"]
+        constraints = [models.UniqueConstraint(fields=["hostname", "pid"], name="worker_hostname_pid_unique")]
+        indexes = [models.Index(fields=["last_heartbeat"], name="worker_last_heartbeat_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.hostname} (pid {self.pid})"
+
+
+class Heartbeat(models.Model):
+    """The last time a periodic duty ran, by name (`tick`: beat's safety-net tick, run by a control worker)."""
+
+    TICK = "tick"
+
+    name = models.CharField(max_length=64, primary_key=True)
+    at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.at}"
 
 
 class ConcurrencyLimit(models.Model):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks_app import selectors, timing
-from tasks_app.models import ApiToken, Schedule, Task, TaskEvent, TaskFile, TaskRun, WorkerGroup
+from tasks_app.models import ApiToken, Schedule, Task, TaskEvent, TaskFile, TaskRun, Worker, WorkerGroup
 
 
 def _iso(value: Any) -> str | None:
@@ -108,6 +108,8 @@ def group_dict(group: WorkerGroup) -> dict[str, Any]:
         "running": getattr(group, "running", None),
         "queued": getattr(group, "queued", None),
         "health": group.health,
+        "live_workers": group.live_workers,
+        "worker_command": worker_command(group),
         "rate_limited_until": _iso(group.rate_limited_until),
         "quarantined_at": _iso(group.quarantined_at),
         "quarantine_reason": group.quarantine_reason,
@@ -115,6 +117,25 @@ def group_dict(group: WorkerGroup) -> dict[str, Any]:
         "env": group.env,
         "allow_dangerous_flags": group.allow_dangerous_flags,
         "extra_args": group.extra_args,
+    }
+
+
+def worker_command(group: WorkerGroup) -> str:
+    """What an operator runs on a box (in the project's directory and environment) to serve the group."""
+    return f"celery -A workers worker -Q {group.name} -c {group.max_concurrent} -n {group.name}@%h"
+
+
+def worker_dict(worker: Worker) -> dict[str, Any]:
+    return {
+        "hostname": worker.hostname,
+        "pid": worker.pid,
+        "queues": worker.queues,
+        "concurrency": worker.concurrency,
+        "sandbox": worker.sandbox,
+        "alive": worker.alive,
+        "started_at": _iso(worker.started_at),
+        "last_heartbeat": _iso(worker.last_heartbeat),
+        "stopped_at": _iso(worker.stopped_at),
     }
 
 

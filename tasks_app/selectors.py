@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import BooleanField, Count, ExpressionWrapper, Q, QuerySet
 from django.utils import timezone
 
 from tasks_app.models import (
     ACTIVE_STATUSES,
     ApiToken,
+    Heartbeat,
     Schedule,
     ScheduleFiring,
     Task,
@@ -19,7 +23,9 @@ from tasks_app.models import (
     TaskLogChunk,
     TaskRun,
     TaskStatus,
+    Worker,
     WorkerGroup,
+    worker_live_q,
 )
 
 
@@ -90,6 +96,45 @@ def group_list() -> QuerySet[WorkerGroup]:
         running=Count("tasks", filter=Q(tasks__status__in=ACTIVE_STATUSES)),
         queued=Count("tasks", filter=Q(tasks__status=TaskStatus.QUEUED)),
     ).order_by("name")
+
+
+def live_queue_counts() -> Counter[str]:
+    """Queue name -> live workers consuming it (one query; a fleet has tens of workers, not millions)."""
+    counts: Counter[str] = Counter()
+    for queues in Worker.objects.live().values_list("queues", flat=True):
+        counts.update(set(queues))
+    return counts
+
+
+def groups_attach_live_workers(groups: Iterable[WorkerGroup]) -> list[WorkerGroup]:
+    """Set `live_workers` (and so `health`) on every group from one query."""
+    groups = list(groups)
+    counts = live_queue_counts()
+    for group in groups:
+        group.live_workers = counts[group.name]
+    return groups
+
+
+def worker_list(*, alive: bool | None = None, queue: str | None = None) -> QuerySet[Worker]:
+    """Registered workers, each annotated `alive`; a stopped or silent worker stays listed for a week."""
+    qs = Worker.objects.annotate(alive=ExpressionWrapper(worker_live_q(), output_field=BooleanField()))
+    if alive is not None:
+        qs = qs.filter(worker_live_q()) if alive else qs.exclude(worker_live_q())
+    if queue:
+        qs = qs.filter(pk__in=[pk for pk, queues in Worker.objects.values_list("pk", "queues") if queue in queues])
+    return qs.order_by("hostname", "-started_at")
+
+
+def group_live_workers(group: WorkerGroup) -> list[str]:
+    """The live workers (node name, pid) consuming the group's queue."""
+    return [f"{hostname} (pid {pid})"
+            for hostname, pid, queues in Worker.objects.live().values_list("hostname", "pid", "queues")
+            if group.name in queues]
+
+
+def tick_last() -> datetime | None:
+    """When beat's periodic tick last ran on a control worker."""
+    return Heartbeat.objects.filter(name=Heartbeat.TICK).values_list("at", flat=True).first()
 
 
 def group_heartbeating_workers(group: WorkerGroup) -> list[str]:

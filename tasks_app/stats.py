@@ -46,6 +46,8 @@ class GroupLoad:
     queued: int  # queued tasks assigned to this group (pinned ones)
     rate_limited_until: datetime | None
     rate_limited: bool
+    health: str = "ok"
+    live_workers: int = 0
 
     @property
     def utilisation_percent(self) -> float:
@@ -111,8 +113,9 @@ def group_loads(*, now: datetime) -> list[GroupLoad]:
     return [
         GroupLoad(name=group.name, tool=group.tool, enabled=group.enabled, max_concurrent=group.max_concurrent,
                   running=group.running, queued=group.queued, rate_limited_until=group.rate_limited_until,
-                  rate_limited=group.rate_limited_until is not None and group.rate_limited_until > now)
-        for group in selectors.group_list()
+                  rate_limited=group.rate_limited_until is not None and group.rate_limited_until > now,
+                  health=group.health, live_workers=group.live_workers)
+        for group in selectors.groups_attach_live_workers(selectors.group_list())
     ]
 
 

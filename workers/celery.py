@@ -13,6 +13,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "scheduler_site.settings")
 app = Celery("workers")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["workers"])
+# Registration and heartbeat while connected to the broker (by name: loaded once Django is set up).
+app.steps["consumer"].add("workers.registry:Registration")
 
 
 @after_setup_logger.connect

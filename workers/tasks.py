@@ -17,6 +17,7 @@ from tasks_app.services.enqueue import DISPATCH, EXECUTE_RUN, FIRE_SCHEDULE, TIC
 from tasks_app.services.groups import groups_check_credentials
 from tasks_app.services.runs import leases_reconcile, run_logs_prune
 from tasks_app.services.schedules import schedule_fire
+from tasks_app.services.workers import tick_heartbeat, workers_prune
 from workers.execution import attempt_run, worker_id
 from workers.maintenance import prune_processed_messages, stale_work_dirs_remove
 
@@ -43,11 +44,14 @@ def fire_schedule_task(schedule_id: int) -> None:
 
 @shared_task(name=TICK, ignore_result=True)
 def tick_task() -> None:
-    """Periodic safety net: recover expired leases, dispatch, prune the embedded broker's processed files."""
+    """Periodic safety net: recover expired leases, dispatch, prune the embedded broker's processed files and
+    long-gone workers. Its own heartbeat is what /healthz reports as `beat`."""
+    tick_heartbeat()
     leases_reconcile()
     dispatch_runnable()
     prune_processed_messages()
     run_logs_prune()
+    workers_prune()
 
 
 logger = logging.getLogger(__name__)

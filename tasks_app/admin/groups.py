@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -13,10 +13,11 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from tasks_app import selectors
-from tasks_app.admin.common import MASK, _report
+from tasks_app.admin.common import MASK, ReadOnlyAdminMixin, _report
 from tasks_app.crypto import CredentialsUnreadable
 from tasks_app.forms import ConcurrencyLimitForm, WorkerGroupForm
-from tasks_app.models import ConcurrencyLimit, WorkerGroup
+from tasks_app.models import ConcurrencyLimit, Heartbeat, Worker, WorkerGroup
+from tasks_app.presenters import worker_command
 from tasks_app.services.groups import group_pause, group_resume
 
 
@@ -32,7 +33,7 @@ def _credential_names(group: WorkerGroup) -> list[str] | None:
 class WorkerGroupAdmin(admin.ModelAdmin):
     form = WorkerGroupForm
     list_display = ("name", "tool", "health", "enabled", "max_concurrent", "running_count", "queued_count",
-                    "rate_limited_until", "heartbeating_workers", "credential_keys")
+                    "live_worker_count", "rate_limited_until", "credential_keys")
     list_filter = ("tool", "enabled", "allow_dangerous_flags")
     search_fields = ("name", "account")
     ordering = ("name",)
@@ -50,7 +51,8 @@ class WorkerGroupAdmin(admin.ModelAdmin):
             ]
         return [
             (None, {"fields": ("name", "tool", "account", "max_concurrent", "enabled", "health",
-                               "rate_limited_until", "quarantined_at", "quarantine_reason", "heartbeating_workers")}),
+                               "rate_limited_until", "quarantined_at", "quarantine_reason")}),
+            ("Workers", {"fields": ("registered_workers", "heartbeating_workers", "start_command")}),
             ("CLI settings", {"fields": ("env", "extra_args", "allow_dangerous_flags")}),
             ("Credentials", {"fields": ("credential_keys_masked", "credentials_set", "credentials_unset")}),
             ("Audit", {"fields": ("created_at", "updated_at")}),
@@ -61,18 +63,45 @@ class WorkerGroupAdmin(admin.ModelAdmin):
             return ()
         # Name, tool and account are the group's identity (and queue name); group_update cannot change them.
         return ("name", "tool", "account", "health", "rate_limited_until", "quarantined_at", "quarantine_reason",
-                "heartbeating_workers", "credential_keys_masked", "created_at", "updated_at")
+                "registered_workers", "heartbeating_workers", "start_command", "credential_keys_masked", "created_at",
+                "updated_at")
 
     @admin.display(description="health")
     def health(self, group: WorkerGroup) -> str:
         return group.health
 
-    @admin.display(description="workers heartbeating")
+    @admin.display(description="running its jobs now")
     def heartbeating_workers(self, group: WorkerGroup) -> str:
         return ", ".join(selectors.group_heartbeating_workers(group)) or "-"
 
+    @admin.display(description="live workers")
+    def live_worker_count(self, group: WorkerGroup) -> int:
+        return group.live_workers
+
+    @admin.display(description="live workers on its queue")
+    def registered_workers(self, group: WorkerGroup) -> str:
+        return ", ".join(selectors.group_live_workers(group)) or "none: the group gets no work until one starts"
+
+    @admin.display(description="start a worker for it")
+    def start_command(self, group: WorkerGroup) -> SafeString:
+        return format_html("<code>{}</code>", worker_command(group))
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        changelist = super().get_changelist_instance(request)
+        # One query for every row's live workers (and so its health), not one per row.
+        changelist.result_list = selectors.groups_attach_live_workers(changelist.result_list)
+        return changelist
+
     def save_model(self, request: HttpRequest, obj: WorkerGroup, form: Any, change: bool) -> None:
         """Nothing to do: WorkerGroupForm saved through group_create / group_update while validating."""
+
+    def response_add(self, request: HttpRequest, obj: WorkerGroup, post_url_continue: str | None = None) -> Any:
+        group = selectors.group_get(name=obj.name) or obj
+        if not group.live_workers:
+            messages.info(request, format_html(
+                "No worker consumes {} yet, so it gets no work. Start one on a box: <code>{}</code>",
+                group.name, worker_command(group)))
+        return super().response_add(request, obj, post_url_continue)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[WorkerGroup]) -> None:
         # The changelist queryset carries group_list()'s aggregates; delete by primary key instead.
@@ -135,3 +164,31 @@ class ConcurrencyLimitAdmin(admin.ModelAdmin):
     list_display = ("scope", "max_concurrent")
     search_fields = ("scope",)
     ordering = ("scope",)
+
+
+@admin.register(Heartbeat)
+class HeartbeatAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """When periodic duties last ran (`tick`: beat's safety net, executed by a control worker)."""
+
+    list_display = ("name", "at")
+
+
+@admin.register(Worker)
+class WorkerAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Read-only: workers register and heartbeat themselves."""
+
+    list_display = ("hostname", "pid", "is_alive", "queue_list", "concurrency", "sandbox", "last_heartbeat",
+                    "started_at", "stopped_at")
+    list_filter = ("sandbox",)
+    search_fields = ("hostname",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
+        return selectors.worker_list()
+
+    @admin.display(description="alive", boolean=True, ordering="alive")
+    def is_alive(self, worker: Worker) -> bool:
+        return worker.alive
+
+    @admin.display(description="queues")
+    def queue_list(self, worker: Worker) -> str:
+        return ", ".join(worker.queues)

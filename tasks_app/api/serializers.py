@@ -9,7 +9,19 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tasks_app import selectors, timing
-from tasks_app.models import OverlapPolicy, Schedule, Task, TaskEvent, TaskFile, TaskRun, Tool, WorkerGroup
+from tasks_app.models import (
+    GROUP_HEALTH,
+    OverlapPolicy,
+    Schedule,
+    Task,
+    TaskEvent,
+    TaskFile,
+    TaskRun,
+    Tool,
+    Worker,
+    WorkerGroup,
+)
+from tasks_app.presenters import worker_command
 from tasks_app.services.tasks import TaskSpec, input_file_from_payload
 
 
@@ -151,14 +163,16 @@ class WorkerGroupSerializer(serializers.ModelSerializer):
     extra_args = serializers.ListField(child=StrictCharField(trim_whitespace=False), required=False)
     running = serializers.IntegerField(read_only=True, required=False)
     queued = serializers.IntegerField(read_only=True, required=False)
-    health = serializers.ChoiceField(choices=["ok", "paused", "rate_limited", "quarantined"], read_only=True)
+    health = serializers.ChoiceField(choices=GROUP_HEALTH, read_only=True)
+    live_workers = serializers.IntegerField(read_only=True, help_text="Live workers consuming the group's queue.")
+    worker_command = serializers.SerializerMethodField(help_text="Starts a worker for this group on a box.")
 
     class Meta:
         model = WorkerGroup
         fields = [
             "name", "tool", "account", "max_concurrent", "enabled", "credentials", "credential_names", "env",
-            "allow_dangerous_flags", "extra_args", "health", "rate_limited_until", "quarantined_at",
-            "quarantine_reason", "running", "queued", "created_at", "updated_at",
+            "allow_dangerous_flags", "extra_args", "health", "live_workers", "worker_command", "rate_limited_until",
+            "quarantined_at", "quarantine_reason", "running", "queued", "created_at", "updated_at",
         ]
         read_only_fields = ["name", "rate_limited_until", "quarantined_at", "quarantine_reason", "created_at",
                             "updated_at"]
@@ -166,9 +180,24 @@ class WorkerGroupSerializer(serializers.ModelSerializer):
         extra_kwargs = {"account": {"validators": []}, "max_concurrent": {"min_value": 1, "max_value": 1000}}
 
 
+    def get_worker_command(self, group: WorkerGroup) -> str:
+        return worker_command(group)
+
+
 class WorkerGroupUpdateSerializer(WorkerGroupSerializer):
     class Meta(WorkerGroupSerializer.Meta):
         read_only_fields = ["name", "tool", "account", "rate_limited_until", "created_at", "updated_at"]
+
+
+class WorkerSerializer(serializers.ModelSerializer):
+    alive = serializers.BooleanField(read_only=True, help_text="Heartbeating within SCHEDULER_WORKER_TIMEOUT_SECONDS.")
+    queues = serializers.ListField(child=serializers.CharField(), read_only=True)
+
+    class Meta:
+        model = Worker
+        fields = ["hostname", "pid", "queues", "concurrency", "sandbox", "alive", "started_at", "last_heartbeat",
+                  "stopped_at"]
+        read_only_fields = fields
 
 
 class ScheduleWriteSerializer(serializers.Serializer):

@@ -4,11 +4,12 @@ from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from tasks_app.api.intake import IntakeView
-from tasks_app.api.views import ScheduleViewSet, TaskViewSet, WorkerGroupViewSet
+from tasks_app.api.views import ScheduleViewSet, TaskViewSet, WorkerGroupViewSet, WorkerViewSet
 
 router = DefaultRouter(trailing_slash=True)
 router.register("tasks", TaskViewSet, basename="task")
 router.register("schedules", ScheduleViewSet, basename="schedule")
 router.register("worker-groups", WorkerGroupViewSet, basename="worker-group")
+router.register("workers", WorkerViewSet, basename="worker")
 
 urlpatterns = [*router.urls, path("intake/", IntakeView.as_view(), name="intake")]

@@ -15,6 +15,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.filters import OrderingFilter
 from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import IsAdminUser
@@ -36,6 +37,7 @@ from tasks_app.api.serializers import (
     TaskSerializer,
     WorkerGroupSerializer,
     WorkerGroupUpdateSerializer,
+    WorkerSerializer,
 )
 from tasks_app.models import EventSource, Schedule, Task, TaskStatus
 from tasks_app.services.accounts import user_tenant
@@ -258,6 +260,10 @@ class WorkerGroupViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     def get_queryset(self) -> QuerySet:
         return selectors.group_list()
 
+    def list(self, request: Request) -> Response:
+        groups = selectors.groups_attach_live_workers(self.filter_queryset(self.get_queryset()))
+        return Response(self.get_serializer(groups, many=True).data)
+
     @extend_schema(request=WorkerGroupSerializer, responses={201: WorkerGroupSerializer})
     def create(self, request: Request) -> Response:
         serializer = WorkerGroupSerializer(data=request.data)
@@ -287,3 +293,24 @@ class WorkerGroupViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
 
     def _present(self, name: str | None) -> dict[str, Any]:
         return WorkerGroupSerializer(selectors.group_list().get(name=name)).data
+
+
+@extend_schema(parameters=[
+    OpenApiParameter("alive", bool, description="Only live (true) or only stopped and silent (false) workers."),
+    OpenApiParameter("queue", str, description="Only workers consuming this queue (a group's name, or control)."),
+])
+class WorkerViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Registered Celery workers and their heartbeats (staff only). A worker silent for
+    SCHEDULER_WORKER_TIMEOUT_SECONDS is not alive; its groups get no leases until one is."""
+
+    permission_classes = [IsAdminUser]
+    serializer_class = WorkerSerializer
+    pagination_class = None
+
+    def get_queryset(self) -> QuerySet:
+        params = self.request.query_params
+        alive = params.get("alive")
+        if alive not in (None, "true", "false", "1", "0"):
+            raise ValidationError({"alive": ["must be true or false"]})
+        return selectors.worker_list(alive=None if alive is None else alive in ("true", "1"),
+                                     queue=params.get("queue") or None)

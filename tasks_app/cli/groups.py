@@ -1,4 +1,5 @@
-"""`schedulerctl groups list | add | set | pause | resume`: worker groups (one CLI account each)."""
+"""`schedulerctl groups list | add | set | pause | resume`: worker groups (one CLI account each), and
+`schedulerctl workers list`: the workers serving them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from tasks_app import selectors
 from tasks_app.cli.output import emit, table
 from tasks_app.cli.parser import CommandError
-from tasks_app.presenters import group_dict
+from tasks_app.presenters import group_dict, worker_dict
 from tasks_app.services import groups as svc
 
 
@@ -32,10 +33,10 @@ def _from_env(keys: list[str]) -> dict[str, str]:
 
 def cmd_groups(args: argparse.Namespace) -> int:
     if args.action == "list":
-        data = [group_dict(g) for g in selectors.group_list()]
+        data = [group_dict(g) for g in selectors.groups_attach_live_workers(selectors.group_list())]
         emit(args, data, lambda rows: table(
-            ["name", "tool", "health", "running", "queued", "cap", "rate-limited until", "credentials"],
-            [[r["name"], r["tool"], r["health"], r["running"], r["queued"], r["max_concurrent"],
+            ["name", "tool", "health", "workers", "running", "queued", "cap", "rate-limited until", "credentials"],
+            [[r["name"], r["tool"], r["health"], r["live_workers"], r["running"], r["queued"], r["max_concurrent"],
               r["rate_limited_until"], ", ".join(r["credentials"])] for r in rows],
         ))
         return 0
@@ -52,9 +53,25 @@ def cmd_groups(args: argparse.Namespace) -> int:
             )
         else:
             group = svc.group_update(name=args.name, changes=_group_changes(args, credentials=credentials, env=env))
-    emit(args, group_dict(group), lambda d: print(
-        f"group {d['name']}: {'enabled' if d['enabled'] else 'paused'}, cap {d['max_concurrent']}, "
-        f"credentials: {', '.join(d['credentials']) or 'none'}"))
+    emit(args, group_dict(group), _print_group)
+    return 0
+
+
+def _print_group(d: dict[str, Any]) -> None:
+    print(f"group {d['name']}: {'enabled' if d['enabled'] else 'paused'}, cap {d['max_concurrent']}, "
+          f"health {d['health']}, credentials: {', '.join(d['credentials']) or 'none'}")
+    if not d["live_workers"]:
+        print(f"no worker consumes its queue yet; start one on a box (in this project, with its environment):\n"
+              f"  {d['worker_command']}")
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    data = [worker_dict(w) for w in selectors.worker_list(alive=None if args.all else True, queue=args.queue)]
+    emit(args, data, lambda rows: table(
+        ["hostname", "pid", "alive", "queues", "slots", "sandbox", "last heartbeat", "started"],
+        [[r["hostname"], r["pid"], "yes" if r["alive"] else "no", ", ".join(r["queues"]), r["concurrency"],
+          r["sandbox"], r["last_heartbeat"], r["started_at"]] for r in rows],
+    ))
     return 0
 
 

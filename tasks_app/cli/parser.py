@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("pause", "resume"):
         groups.add_parser(name).add_argument("name")
 
+    workers = sub.add_parser("workers", help="registered Celery workers and their heartbeats").add_subparsers(
+        dest="action", required=True, parser_class=_Parser)
+    workers.add_parser = _with_parents(workers.add_parser, common)  # type: ignore[method-assign]
+    p = workers.add_parser("list")
+    p.add_argument("--all", action="store_true", help="also stopped and silent workers (kept for a week)")
+    p.add_argument("--queue", help="only workers consuming this queue")
+
     schedules = sub.add_parser("schedules", help="cron / interval / one-off schedules").add_subparsers(
         dest="action", required=True, parser_class=_Parser)
     schedules.add_parser = _with_parents(schedules.add_parser, common)  # type: ignore[method-assign]

@@ -46,6 +46,7 @@ from tasks_app.models import (
     TaskStatus,
     WorkerGroup,
 )
+from tasks_app.selectors import live_queue_counts
 from tasks_app.services.enqueue import Lease, enqueue_executions
 from tasks_app.transitions import task_lease_batch
 
@@ -185,9 +186,12 @@ def dispatch_runnable(*, now: datetime | None = None) -> list[Lease]:
     leases: list[Lease] = []
     with transaction.atomic():
         _take_dispatch_lock()
+        # A group takes leases only while a live worker consumes its queue: leased to nobody, a task would
+        # expire and come back for ever. Its tasks wait queued (the group's health says no_worker).
+        consumed = live_queue_counts()
         groups = [
             g for g in WorkerGroup.objects.filter(enabled=True, quarantined_at__isnull=True)
-            if g.rate_limited_until is None or g.rate_limited_until <= now
+            if (g.rate_limited_until is None or g.rate_limited_until <= now) and consumed[g.name]
         ]
         if not groups:
             return leases

@@ -173,7 +173,7 @@ def test_recent_failures_keep_only_the_ten_newest_and_shorten_long_errors() -> N
 def test_dashboard_is_a_fixed_number_of_queries(django_assert_max_num_queries: Any) -> None:
     _history()
 
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(9):
         data = stats.dashboard(now=NOW)
 
     assert data.now == NOW and len(data.recent_failures) == 3
