@@ -21,8 +21,8 @@ FAST = {
     "SCHEDULER_TICK_SECONDS": "0.5",
     "SCHEDULER_RETRY_BASE_SECONDS": "0.5",
     "SCHEDULER_RETRY_MAX_SECONDS": "1",
-    "SCHEDULER_WORKER_HEARTBEAT_SECONDS": "0.3",
-    "SCHEDULER_WORKER_TIMEOUT_SECONDS": "1.5",
+    "SCHEDULER_WORKER_HEARTBEAT_SECONDS": "0.5",
+    "SCHEDULER_WORKER_TIMEOUT_SECONDS": "2.5",
 }
 
 
@@ -50,7 +50,7 @@ def _ticks_pass(n: int) -> None:
 def test_a_group_added_while_the_stack_runs_waits_for_its_worker_then_runs_at_once(
     workers: WorkerProcesses, settings
 ) -> None:
-    settings.SCHEDULER_WORKER_TIMEOUT_SECONDS = 1.5  # this process reads health with the workers' timeout
+    settings.SCHEDULER_WORKER_TIMEOUT_SECONDS = 2.5  # this process reads health with the workers' timeout
     group_create(tool="claude", account="main", max_concurrent=1)
     workers.start_beat(env=FAST)
     workers.start("control", concurrency=1, env=FAST)
@@ -84,7 +84,7 @@ def test_a_group_added_while_the_stack_runs_waits_for_its_worker_then_runs_at_on
 def test_a_stalled_box_gets_no_leases_and_a_stopped_one_leaves_at_once(
     workers: WorkerProcesses, tmp_path: Path, settings
 ) -> None:
-    settings.SCHEDULER_WORKER_TIMEOUT_SECONDS = 1.5
+    settings.SCHEDULER_WORKER_TIMEOUT_SECONDS = 2.5
     group_create(tool="gemini", account="a", max_concurrent=2)
     group_create(tool="gemini", account="b", max_concurrent=2)
     workers.start_beat(env=FAST)
@@ -109,7 +109,7 @@ def test_a_stalled_box_gets_no_leases_and_a_stopped_one_leaves_at_once(
     wait_until(lambda: _health("gemini-a") == "ok", timeout=15, message="box a to heartbeat again")
 
     os.killpg(box_b.pid, signal.SIGTERM)  # a clean shutdown (deploy)
-    box_b.wait(timeout=30)
+    box_b.wait(timeout=60)
     # Marked stopped on the way out: no heartbeat timeout to wait for.
     (gone,) = Worker.objects.filter(hostname__startswith="box-b@")
     assert gone.stopped_at is not None
