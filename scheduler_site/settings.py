@@ -53,6 +53,38 @@ if _missing_keys and not DEBUG and not EMBEDDED:
 SECRET_KEY = env.str("SECRET_KEY", default="") or _local_secret("secret_key")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
+# --- HTTPS and security headers -------------------------------------------------------------------
+# A real deployment (DEBUG off, a database server) is HTTPS-only unless told otherwise. The embedded default
+# serves http://127.0.0.1 (`make run`): redirecting it, or pinning HSTS on localhost, would lock the user out.
+PRODUCTION = not DEBUG and not EMBEDDED
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=PRODUCTION)
+# Load balancer probes and scrapers speak plain HTTP to the app port. A redirect cannot protect /metrics' bearer
+# token anyway: the scraper has sent it before any redirect comes back (README: /metrics behind a proxy).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=PRODUCTION)
+# Preloading commits the whole registrable domain, in browsers' builds, for months: the domain owner's call.
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=PRODUCTION)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=PRODUCTION)
+# Opt-in: with no proxy in front that overwrites this header, any client could send it and claim HTTPS.
+# "HTTP_X_FORWARDED_PROTO,https" (or "X-Forwarded-Proto,https", the header as sent).
+_proxy_ssl_header = env.list("SECURE_PROXY_SSL_HEADER", default=[])
+if _proxy_ssl_header and (len(_proxy_ssl_header) != 2 or not all(_proxy_ssl_header)):
+    sys.exit("error: SECURE_PROXY_SSL_HEADER must be a header and the value that means HTTPS, e.g. "
+             "HTTP_X_FORWARDED_PROTO,https")
+SECURE_PROXY_SSL_HEADER: tuple[str, str] | None = None
+if _proxy_ssl_header:
+    _header = _proxy_ssl_header[0].upper().replace("-", "_")
+    SECURE_PROXY_SSL_HEADER = (_header if _header.startswith("HTTP_") else f"HTTP_{_header}", _proxy_ssl_header[1])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+SECURE_CONTENT_TYPE_NOSNIFF = env.bool("SECURE_CONTENT_TYPE_NOSNIFF", default=True)
+X_FRAME_OPTIONS = env.str("X_FRAME_OPTIONS", default="DENY")
+SECURE_REFERRER_POLICY = env.str("SECURE_REFERRER_POLICY", default="same-origin")
+SILENCED_SYSTEM_CHECKS = [
+    "security.W021",  # SECURE_HSTS_PRELOAD off by default, on purpose (above); SECURE_HSTS_PRELOAD=true opts in
+]
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",

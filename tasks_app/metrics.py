@@ -100,22 +100,36 @@ def render_metrics() -> bytes:
     return generate_latest(registry)
 
 
-def _allowed(request: HttpRequest) -> bool:
+# Headers a reverse proxy adds. A request carrying one came through a proxy, so REMOTE_ADDR is the proxy's address
+# (usually 127.0.0.1), not the scraper's: the allow-list cannot judge it, only the token can.
+PROXY_HEADERS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PROTO",
+                 "HTTP_X_REAL_IP")
+
+
+def _refusal(request: HttpRequest) -> str:
+    """Why this scrape is refused ('' if it is not). Never echoes what the request sent."""
     token = settings.SCHEDULER_METRICS_TOKEN
     if token:
         header = request.headers.get("Authorization", "")
-        return secrets.compare_digest(header.encode(), f"Bearer {token}".encode())
+        if secrets.compare_digest(header.encode(), f"Bearer {token}".encode()):
+            return ""
+        return "metrics: send Authorization: Bearer <SCHEDULER_METRICS_TOKEN>\n"
+    if any(request.META.get(name) for name in PROXY_HEADERS):
+        return ("metrics: this request came through a proxy, so its source address proves nothing: set "
+                "SCHEDULER_METRICS_TOKEN and send Authorization: Bearer <token>\n")
     try:
         address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
     except ValueError:
-        return False
-    return any(address in ipaddress.ip_network(net, strict=False) for net in settings.SCHEDULER_METRICS_ALLOW)
+        return "metrics: unknown source address: set SCHEDULER_METRICS_TOKEN\n"
+    if any(address in ipaddress.ip_network(net, strict=False) for net in settings.SCHEDULER_METRICS_ALLOW):
+        return ""
+    return "metrics: scrape from an address in SCHEDULER_METRICS_ALLOW, or set SCHEDULER_METRICS_TOKEN\n"
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    if not _allowed(request):
-        return HttpResponse("metrics: send Authorization: Bearer <SCHEDULER_METRICS_TOKEN>, or scrape from an "
-                            "address in SCHEDULER_METRICS_ALLOW\n", status=403, content_type="text/plain")
+    refusal = _refusal(request)
+    if refusal:
+        return HttpResponse(refusal, status=403, content_type="text/plain")
     body = cache.get(CACHE_KEY) if settings.SCHEDULER_METRICS_CACHE_SECONDS else None
     if body is None:
         body = render_metrics()

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.test.utils import override_settings
 
 from tests.procs import FAKES_BIN, stand_in_env, stop_process_groups
 
@@ -23,6 +24,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # the logs are grepped for the values (SPEC: secrets never in logs). The stand-in CLIs' own logs are not ours.
 CREDENTIAL_VALUES: set[str] = set()
 OUR_LOG_FILES: list[Path] = []
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _plain_http() -> Iterator[None]:
+    """The test client and live_server speak plain HTTP. With DATABASE_URL set and DEBUG off the settings are
+    production's, HTTPS-only: no redirect and no Secure-only cookies here (tests/test_settings.py tests those)."""
+    with override_settings(SECURE_SSL_REDIRECT=False, SESSION_COOKIE_SECURE=False, CSRF_COOKIE_SECURE=False):
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")

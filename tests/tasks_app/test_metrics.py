@@ -1,5 +1,13 @@
 from __future__ import annotations
 
+import http.client
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -80,3 +88,77 @@ def test_metrics_are_protected_by_allow_list_or_token(client, settings) -> None:
     assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 403  # a token, once set, is required
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-token").status_code == 200
+
+
+class _ReverseProxy(BaseHTTPRequestHandler):
+    """What nginx's `proxy_pass` does for a GET: forward it from this host, adding X-Forwarded-For/-Proto."""
+
+    upstream: tuple[str, int]
+
+    def do_GET(self) -> None:
+        headers = {name: value for name, value in self.headers.items() if name.lower() not in ("host", "connection")}
+        headers["X-Forwarded-For"] = self.client_address[0]
+        headers["X-Forwarded-Proto"] = "https"
+        upstream = http.client.HTTPConnection(*self.upstream, timeout=30)
+        try:
+            upstream.request("GET", self.path, headers=headers)
+            response = upstream.getresponse()
+            body = response.read()
+        finally:
+            upstream.close()
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.getheader("Content-Type", "text/plain"))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def reverse_proxy(live_server) -> Iterator[str]:
+    """A reverse proxy on 127.0.0.1 in front of the live server: every request the app sees comes from loopback."""
+    target = urlsplit(live_server.url)
+    handler = type("Proxy", (_ReverseProxy,), {"upstream": (target.hostname, target.port)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def get(url: str, **headers: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_through_a_local_reverse_proxy_only_the_token_admits_a_scrape(reverse_proxy, live_server, settings) -> None:
+    # No token: a scraper on this box is admitted by address, but the proxy's loopback address admits no one.
+    direct = get(f"{live_server.url}/metrics")
+    proxied = get(f"{reverse_proxy}/metrics")
+    assert direct[0] == 200 and "cli_scheduler_tasks" in direct[1]
+    assert proxied[0] == 403 and "cli_scheduler" not in proxied[1]
+
+    settings.SCHEDULER_METRICS_TOKEN = "scrape-token-through-proxy"
+    without = get(f"{reverse_proxy}/metrics")
+    wrong = get(f"{reverse_proxy}/metrics", Authorization="Bearer nope")
+    with_token = get(f"{reverse_proxy}/metrics", Authorization="Bearer scrape-token-through-proxy")
+
+    assert without[0] == 403 and wrong[0] == 403
+    assert "scrape-token-through-proxy" not in without[1] + wrong[1]
+    assert with_token[0] == 200 and "cli_scheduler_tasks" in with_token[1]
+
+
+def test_a_forwarded_request_from_an_allowed_address_still_needs_the_token(client, settings) -> None:
+    settings.SCHEDULER_METRICS_ALLOW = ["10.0.0.0/8"]
+
+    for header in ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP"):
+        assert client.get("/metrics", REMOTE_ADDR="10.1.2.3", **{header: "203.0.113.9"}).status_code == 403
+    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 200
