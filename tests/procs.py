@@ -41,6 +41,10 @@ def stand_in_env(*, database_url: str, broker_url: str, var_dir: Path | str, wor
         # and state files (read-write): the folder that holds the work dirs, here.
         SCHEDULER_SANDBOX_RO_PATHS=str(FAKES_BIN.parent),
         SCHEDULER_SANDBOX_RW_PATHS=str(Path(work_dir).parent),
+        # Product processes of a test or a bench speak plain HTTP on loopback (production's default is HTTPS-only).
+        SECURE_SSL_REDIRECT="false",
+        SESSION_COOKIE_SECURE="false",
+        CSRF_COOKIE_SECURE="false",
         PYTHONUNBUFFERED="1",
     )
     return env
