@@ -107,6 +107,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "tasks_app.audit.AuditMiddleware",  # configuration changes record their user and source (api / admin)
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -296,6 +297,9 @@ SCHEDULER_MAX_PROMPT_CHARS = env.int("SCHEDULER_MAX_PROMPT_CHARS", default=200_0
 SCHEDULER_INLINE_FILE_BYTES = env.int("SCHEDULER_INLINE_FILE_BYTES", default=256 * 1024)
 SCHEDULER_STDOUT_LIMIT = env.int("SCHEDULER_STDOUT_LIMIT", default=1024 * 1024)
 SCHEDULER_ALLOW_DANGEROUS_FLAGS = env.bool("SCHEDULER_ALLOW_DANGEROUS_FLAGS", default=False)
+# Extra variable names (or PREFIX_*) a group's env and credentials may hold, beyond each tool's allow-list
+# (executors/envpolicy.py). Loader and interpreter variables (NODE_OPTIONS, LD_*, PYTHON*, …) stay refused.
+SCHEDULER_ENV_ALLOW = env.list("SCHEDULER_ENV_ALLOW", default=[])
 SCHEDULER_CLAUDE_BIN = env.str("SCHEDULER_CLAUDE_BIN", default="claude")
 SCHEDULER_CODEX_BIN = env.str("SCHEDULER_CODEX_BIN", default="codex")
 SCHEDULER_GEMINI_BIN = env.str("SCHEDULER_GEMINI_BIN", default="gemini")

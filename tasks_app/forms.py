@@ -8,13 +8,13 @@ import re
 from typing import Any
 
 from django import forms
-from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
 from django.utils import timezone
 
 from tasks_app import timing
 from tasks_app.crypto import CredentialsUnreadable
 from tasks_app.models import ConcurrencyLimit, Schedule, Tool, WorkerGroup
-from tasks_app.services.groups import group_create, group_update
+from tasks_app.services.groups import CREDENTIAL_FIELDS, MANAGE_CREDENTIALS, group_create, group_update
 from tasks_app.services.schedules import ScheduleSpec, schedule_create, schedule_update
 
 # Service error keys that have no form field of their own land on the field that carries them.
@@ -72,16 +72,26 @@ class WorkerGroupForm(forms.ModelForm):
         fields = ["tool", "account", "max_concurrent", "enabled", "env", "allow_dangerous_flags",
                   "extra_args"]
 
+    user: Any = None  # the acting staff user: the admin sets it (WorkerGroupAdmin.get_form)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.saved_group: WorkerGroup | None = None
+        if self.user is not None and not self.user.has_perm(MANAGE_CREDENTIALS):
+            # What reaches the CLI with the account's key is shown, not editable, without the permission.
+            for name in CREDENTIAL_FIELDS:
+                if name in ("credentials_set", "credentials_unset"):
+                    self.fields.pop(name, None)
+                elif name in self.fields:
+                    self.fields[name].disabled = True
+                    self.fields[name].help_text = f"Changing it needs the permission {MANAGE_CREDENTIALS}."
         for name in ("env", "extra_args"):
             if name in self.fields:
                 # Their callable defaults turn on a hidden "initial" input; compare with the stored group.
                 self.fields[name].show_hidden_initial = False
         if self.instance.pk is None:
             self.fields.pop("credentials_unset", None)
-        else:
+        elif "credentials_unset" in self.fields:  # (not there for a user who may not edit credentials)
             try:
                 names = self.instance.credential_names
             except CredentialsUnreadable:
@@ -90,6 +100,9 @@ class WorkerGroupForm(forms.ModelForm):
 
     def clean_credentials_set(self) -> dict[str, str]:
         return parse_credential_lines(self.cleaned_data.get("credentials_set") or "")
+
+    def _credentials_set(self) -> dict[str, str]:
+        return self.cleaned_data.get("credentials_set") or {}
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -106,7 +119,7 @@ class WorkerGroupForm(forms.ModelForm):
             self.saved_group = self._save_through_service()
         except ValidationError as exc:
             self._add_service_errors(exc)
-        except CredentialsUnreadable as exc:
+        except (CredentialsUnreadable, PermissionDenied) as exc:
             self.add_error(None, str(exc))
         else:
             self.instance = self.saved_group
@@ -121,17 +134,19 @@ class WorkerGroupForm(forms.ModelForm):
             "extra_args": data.get("extra_args") or [],
         }
         if self.instance.pk is None:
-            return group_create(tool=data["tool"], account=data["account"],
-                                credentials=data["credentials_set"], **settings)
+            return group_create(tool=data["tool"], account=data["account"], credentials=self._credentials_set(),
+                                by=self.user, **settings)
         # Only what the operator changed, so a concurrent pause or edit elsewhere is not overwritten.
-        changes = {name: value for name, value in settings.items() if name in self.changed_data}
-        if data["credentials_set"]:
-            changes["credentials_set"] = data["credentials_set"]
+        # (A disabled field is not the user's to change, whatever was posted: JSONField.has_changed ignores that.)
+        changes = {name: value for name, value in settings.items()
+                   if name in self.changed_data and not self.fields[name].disabled}
+        if self._credentials_set():
+            changes["credentials_set"] = self._credentials_set()
         if data.get("credentials_unset"):
             changes["credentials_unset"] = list(data["credentials_unset"])
         if not changes:
             return self.instance
-        return group_update(name=self.instance.name, changes=changes)
+        return group_update(name=self.instance.name, changes=changes, by=self.user)
 
     def _add_service_errors(self, exc: ValidationError) -> None:
         if not hasattr(exc, "error_dict"):

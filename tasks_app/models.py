@@ -74,6 +74,7 @@ class WorkerGroup(models.Model):
 
     class Meta:
         ordering = ["name"]
+        permissions = [("manage_credentials", "Can change a group's credentials, env, extra args and dangerous flags")]
         constraints = [
             models.UniqueConstraint(fields=["tool", "account"], name="workergroup_tool_account_unique"),
             models.CheckConstraint(condition=Q(max_concurrent__gte=1), name="workergroup_max_concurrent_gte_1"),
@@ -479,3 +480,23 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
+
+
+class AuditEvent(models.Model):
+    """One change to the configuration (SPEC §8): who, from where, what, which fields; never a secret value
+    (credentials are named by key only). Written by the services in the change's own transaction."""
+
+    actor = models.CharField(max_length=150, blank=True, default="")
+    source = models.CharField(max_length=16, choices=EventSource.choices)
+    action = models.CharField(max_length=32)
+    object_type = models.CharField(max_length=32)
+    object_id = models.CharField(max_length=200)
+    changed = models.JSONField(default=list, blank=True, help_text="Names of the changed fields (and credential keys).")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["object_type", "object_id"], name="audit_object_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.actor or '?'} {self.action} {self.object_type} {self.object_id} ({self.source})"

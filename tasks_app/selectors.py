@@ -14,6 +14,7 @@ from django.utils import timezone
 from tasks_app.models import (
     ACTIVE_STATUSES,
     ApiToken,
+    AuditEvent,
     Heartbeat,
     Schedule,
     ScheduleFiring,
@@ -130,6 +131,10 @@ def group_live_workers(group: WorkerGroup) -> list[str]:
     return [f"{hostname} (pid {pid})"
             for hostname, pid, queues in Worker.objects.live().values_list("hostname", "pid", "queues")
             if group.name in queues]
+
+
+def audit_list() -> QuerySet[AuditEvent]:
+    return AuditEvent.objects.order_by("-created_at", "-id")
 
 
 def tick_last() -> datetime | None:

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import override_settings
 
-from tests.procs import FAKES_BIN, stand_in_env, stop_process_groups
+from tests.procs import FAKES_BIN, STAND_IN_ENV_ALLOW, stand_in_env, stop_process_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,6 +84,7 @@ def sandbox_paths(settings: Any, tmp_path: Path) -> None:
     read-only, and the test's folder (logs, state files), read-write."""
     settings.SCHEDULER_SANDBOX_RO_PATHS = [str(FAKES_BIN.parent)]
     settings.SCHEDULER_SANDBOX_RW_PATHS = [str(tmp_path)]
+    settings.SCHEDULER_ENV_ALLOW = STAND_IN_ENV_ALLOW  # the stand-ins' FAKE_CLI_* directives, as stand_in_env
 
 
 @pytest.fixture

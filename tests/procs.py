@@ -17,6 +17,9 @@ from pathlib import Path
 FAKES_BIN = Path(__file__).resolve().parent / "fakes" / "bin"
 
 
+STAND_IN_ENV_ALLOW = ["FAKE_CLI_*"]
+
+
 def stand_in_env(*, database_url: str, broker_url: str, var_dir: Path | str, work_dir: Path) -> dict[str, str]:
     """This process's environment for a product process whose CLIs are the stand-ins in tests/fakes/bin."""
     env = dict(os.environ)
@@ -45,6 +48,8 @@ def stand_in_env(*, database_url: str, broker_url: str, var_dir: Path | str, wor
         SECURE_SSL_REDIRECT="false",
         SESSION_COOKIE_SECURE="false",
         CSRF_COOKIE_SECURE="false",
+        # The stand-ins' own directives come through the group's env (FAKE_CLI_LOG, …): allowed for this site.
+        SCHEDULER_ENV_ALLOW=",".join(STAND_IN_ENV_ALLOW),
         PYTHONUNBUFFERED="1",
     )
     return env

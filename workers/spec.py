@@ -9,6 +9,7 @@ from django.conf import settings
 
 from executors import ConfigurationError, ExecutionSpec, adapter_for
 from executors.base import Sandbox
+from executors.envpolicy import refused_reason
 from executors.sandbox import state_dirs
 from tasks_app.services.runs import RunContext
 
@@ -21,6 +22,10 @@ def child_env(ctx: RunContext) -> dict[str, str]:
     env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
     env.setdefault("LANG", "C.UTF-8")
     env.update(adapter_for(ctx.tool).child_env)
+    for name in (*ctx.group_env, *ctx.credentials):  # stored before the rule existed, or written around it
+        reason = refused_reason(name)
+        if reason:
+            raise ConfigurationError(f"the group's {reason}; remove it from the group")
     env.update(ctx.group_env)
     env.update(ctx.credentials)  # credentials win on a clash (SPEC §2)
     return env

@@ -16,9 +16,9 @@ from tasks_app import selectors
 from tasks_app.admin.common import MASK, ReadOnlyAdminMixin, _report
 from tasks_app.crypto import CredentialsUnreadable
 from tasks_app.forms import ConcurrencyLimitForm, WorkerGroupForm
-from tasks_app.models import ConcurrencyLimit, Heartbeat, Worker, WorkerGroup
+from tasks_app.models import AuditEvent, ConcurrencyLimit, Heartbeat, Worker, WorkerGroup
 from tasks_app.presenters import worker_command
-from tasks_app.services.groups import group_pause, group_resume
+from tasks_app.services.groups import MANAGE_CREDENTIALS, group_pause, group_resume
 
 
 def _credential_names(group: WorkerGroup) -> list[str] | None:
@@ -42,7 +42,19 @@ class WorkerGroupAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[WorkerGroup]:
         return selectors.group_list()
 
+    def get_form(self, request: HttpRequest, obj: WorkerGroup | None = None, change: bool = False,
+                 **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        return type(form.__name__, (form,), {"user": request.user})
+
     def get_fieldsets(self, request: HttpRequest, obj: WorkerGroup | None = None) -> list[tuple[Any, dict]]:
+        if not request.user.has_perm(MANAGE_CREDENTIALS):
+            return [(title, {"fields": tuple(f for f in opts["fields"]
+                                              if f not in ("credentials_set", "credentials_unset"))})
+                    for title, opts in self._fieldsets(obj)]
+        return self._fieldsets(obj)
+
+    def _fieldsets(self, obj: WorkerGroup | None) -> list[tuple[Any, dict]]:
         if obj is None:
             return [
                 (None, {"fields": ("tool", "account", "max_concurrent", "enabled")}),
@@ -192,3 +204,17 @@ class WorkerAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="queues")
     def queue_list(self, worker: Worker) -> str:
         return ", ".join(worker.queues)
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Who changed which configuration, from where (SPEC §8); field and key names only, never values."""
+
+    list_display = ("created_at", "actor", "source", "action", "object_type", "object_id", "changed_fields")
+    list_filter = ("source", "action", "object_type")
+    search_fields = ("actor", "object_id")
+    date_hierarchy = "created_at"
+
+    @admin.display(description="changed")
+    def changed_fields(self, event: AuditEvent) -> str:
+        return ", ".join(event.changed) or "-"

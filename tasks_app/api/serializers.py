@@ -11,6 +11,7 @@ from rest_framework import serializers
 from tasks_app import selectors, timing
 from tasks_app.models import (
     GROUP_HEALTH,
+    AuditEvent,
     OverlapPolicy,
     Schedule,
     Task,
@@ -197,6 +198,13 @@ class WorkerSerializer(serializers.ModelSerializer):
         model = Worker
         fields = ["hostname", "pid", "queues", "concurrency", "sandbox", "alive", "started_at", "last_heartbeat",
                   "stopped_at"]
+        read_only_fields = fields
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditEvent
+        fields = ["id", "actor", "source", "action", "object_type", "object_id", "changed", "created_at"]
         read_only_fields = fields
 
 

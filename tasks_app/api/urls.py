@@ -4,12 +4,13 @@ from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from tasks_app.api.intake import IntakeView
-from tasks_app.api.views import ScheduleViewSet, TaskViewSet, WorkerGroupViewSet, WorkerViewSet
+from tasks_app.api.views import AuditEventViewSet, ScheduleViewSet, TaskViewSet, WorkerGroupViewSet, WorkerViewSet
 
 router = DefaultRouter(trailing_slash=True)
 router.register("tasks", TaskViewSet, basename="task")
 router.register("schedules", ScheduleViewSet, basename="schedule")
 router.register("worker-groups", WorkerGroupViewSet, basename="worker-group")
 router.register("workers", WorkerViewSet, basename="worker")
+router.register("audit", AuditEventViewSet, basename="audit")
 
 urlpatterns = [*router.urls, path("intake/", IntakeView.as_view(), name="intake")]

@@ -42,12 +42,15 @@ def run(argv: list[str]) -> int:
     """Parse and run; every failure becomes one line on stderr and a non-zero exit code."""
     from django.core.exceptions import ValidationError
 
+    from tasks_app.audit import acting, command_line_actor
+    from tasks_app.models import EventSource
     from tasks_app.services.tasks import IdempotencyConflict, TaskStateError
     from tasks_app.transitions import InvalidTransition
 
     try:
         args = build_parser().parse_args(argv)
-        return _command(args.command)(args)
+        with acting(EventSource.CLI, command_line_actor()):
+            return _command(args.command)(args)
     except CommandError as exc:
         code, message = exc.code, str(exc)
     except ValidationError as exc:

@@ -8,11 +8,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from executors import ConfigurationError, adapter_for
+from executors.envpolicy import check_env_names
+from tasks_app.audit import audit
 from tasks_app.crypto import CredentialsUnreadable
 from tasks_app.models import Tool, WorkerGroup
 from tasks_app.services.enqueue import enqueue_dispatch
@@ -23,6 +25,26 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # The child must never be told where the scheduler's own state lives.
 _RESERVED_ENV = frozenset({"DATABASE_URL", "SECRET_KEY", "CELERY_BROKER_URL", "SCHEDULER_ENCRYPTION_KEY",
                            "DJANGO_SETTINGS_MODULE", "PATH"})
+
+
+# What reaches the CLI's process along with the account's key: changing any of it needs the permission
+# tasks_app.manage_credentials (a base URL or a loader variable in `env` could send the key elsewhere).
+CREDENTIAL_FIELDS = ("credentials", "credentials_set", "credentials_unset", "env", "extra_args",
+                     "allow_dangerous_flags")
+MANAGE_CREDENTIALS = "tasks_app.manage_credentials"
+
+
+def _require_manage_credentials(by: Any, fields: Iterable[str]) -> None:
+    """`by` is the acting user (API, admin); None is an operator at the box's shell (schedulerctl)."""
+    touched = sorted(set(fields) & set(CREDENTIAL_FIELDS))
+    if by is not None and touched and not by.has_perm(MANAGE_CREDENTIALS):
+        raise PermissionDenied(f"changing {', '.join(touched)} needs the permission {MANAGE_CREDENTIALS}")
+
+
+def _credential_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Which credential keys were added, replaced or removed: `credentials.KEY` names, never values."""
+    keys = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    return [f"credentials.{key}" for key in keys]
 
 
 def _string_map(value: object, *, field: str) -> dict[str, str]:
@@ -42,8 +64,11 @@ def _clean(*, tool: str, max_concurrent: object, env: object, credentials: objec
            allow_dangerous_flags: bool) -> None:
     if not isinstance(max_concurrent, int) or isinstance(max_concurrent, bool) or not 1 <= max_concurrent <= 1000:
         raise ValidationError({"max_concurrent": ["must be an integer from 1 to 1000"]})
-    _string_map(env, field="env")
-    _string_map(credentials, field="credentials")
+    for field, mapping in (("env", env), ("credentials", credentials)):
+        try:
+            check_env_names(tool, _string_map(mapping, field=field), extra_allowed=settings.SCHEDULER_ENV_ALLOW)
+        except ConfigurationError as exc:
+            raise ValidationError({field: [str(exc)]}) from None
     if not isinstance(extra_args, list):
         raise ValidationError({"extra_args": ["must be a list of '--flag' or '--flag=value' strings"]})
     try:
@@ -57,8 +82,11 @@ def _clean(*, tool: str, max_concurrent: object, env: object, credentials: objec
 def group_create(
     *, tool: str, account: str, max_concurrent: int = 1, enabled: bool = True,
     credentials: dict[str, str] | None = None, env: dict[str, str] | None = None,
-    allow_dangerous_flags: bool = False, extra_args: list[str] | None = None,
+    allow_dangerous_flags: bool = False, extra_args: list[str] | None = None, by: Any = None,
 ) -> WorkerGroup:
+    _require_manage_credentials(by, [name for name, value in (
+        ("credentials", credentials), ("env", env), ("extra_args", extra_args),
+        ("allow_dangerous_flags", allow_dangerous_flags)) if value])
     if tool not in Tool.values:
         raise ValidationError({"tool": [f"{tool!r} is not a known tool; choose one of {', '.join(Tool.values)}"]})
     if not isinstance(account, str) or not _ACCOUNT.match(account):
@@ -74,18 +102,27 @@ def group_create(
     try:
         with transaction.atomic():
             group.save()
+            audit("create", "worker_group", group.name,
+                  ["tool", "account", "max_concurrent", "enabled", *(["env"] if env else []),
+                   *(["extra_args"] if extra_args else []),
+                   *(["allow_dangerous_flags"] if allow_dangerous_flags else []),
+                   *_credential_changes({}, credentials)])
     except IntegrityError:
         raise ValidationError({"account": [f"a group {group.name!r} already exists"]}) from None
     return group
 
 
-def group_update(*, name: str, changes: dict[str, Any]) -> WorkerGroup:
-    """Change settings. `credentials` replaces the whole set; `credentials_set`/`credentials_unset` edit keys."""
+def group_update(*, name: str, changes: dict[str, Any], by: Any = None) -> WorkerGroup:
+    """Change settings. `credentials` replaces the whole set; `credentials_set`/`credentials_unset` edit keys.
+    `by`: the acting user, who needs tasks_app.manage_credentials to touch CREDENTIAL_FIELDS."""
     allowed = {"max_concurrent", "enabled", "env", "credentials", "credentials_set", "credentials_unset",
                "allow_dangerous_flags", "extra_args"}
     unknown = set(changes) - allowed
     if unknown:
         raise ValidationError({sorted(unknown)[0]: [f"cannot be changed; changeable: {', '.join(sorted(allowed))}"]})
+    # An empty edit (no key to set or unset) touches nothing.
+    _require_manage_credentials(by, [field for field, value in changes.items()
+                                     if not (field in ("credentials_set", "credentials_unset") and not value)])
     with transaction.atomic():
         group = WorkerGroup.objects.select_for_update().filter(name=name).first()
         if group is None:
@@ -106,11 +143,16 @@ def group_update(*, name: str, changes: dict[str, Any]) -> WorkerGroup:
         if "enabled" in changes and not isinstance(changes["enabled"], bool):
             raise ValidationError({"enabled": ["must be true or false"]})
         _clean(tool=group.tool, credentials=credentials, **merged)
+        merged["enabled"] = changes.get("enabled", group.enabled)
+        changed = [key for key, value in merged.items() if getattr(group, key) != value]
+        if "credentials" in changes or changes.get("credentials_set") or changes.get("credentials_unset"):
+            changed += _credential_changes(_readable_credentials(group), credentials)
         for key, value in merged.items():
             setattr(group, key, value)
-        group.enabled = changes.get("enabled", group.enabled)
         group.credentials = credentials
         group.save()
+        if changed:
+            audit("update", "worker_group", group.name, changed)
     if group.enabled:
         enqueue_dispatch()
     return group
@@ -129,6 +171,7 @@ def _group_set_enabled(name: str, enabled: bool) -> WorkerGroup:
             group.quarantined_at, group.quarantine_reason, group.account_failures = None, "", 0
             fields += ["quarantined_at", "quarantine_reason", "account_failures"]
         group.save(update_fields=fields)
+        audit("resume" if enabled else "pause", "worker_group", group.name, [f for f in fields if f != "updated_at"])
         if enabled:
             enqueue_dispatch()
     return group
@@ -140,6 +183,14 @@ def group_pause(*, name: str) -> WorkerGroup:
 
 def group_resume(*, name: str) -> WorkerGroup:
     return _group_set_enabled(name, True)
+
+
+def _readable_credentials(group: WorkerGroup) -> dict[str, str]:
+    """The stored set, or {} when it can no longer be decrypted (then every key given counts as changed)."""
+    try:
+        return group.credentials
+    except CredentialsUnreadable:
+        return {}
 
 
 def undecryptable_reason(worker: str) -> str:
@@ -154,6 +205,7 @@ def group_quarantine_locked(group: WorkerGroup, *, reason: str) -> None:
         return
     group.quarantined_at, group.quarantine_reason = timezone.now(), reason[:2000]
     group.save(update_fields=["quarantined_at", "quarantine_reason", "updated_at"])
+    audit("quarantine", "worker_group", group.name, ["quarantined_at", "quarantine_reason"])
     logger.warning("group %s quarantined: %s", group.name, group.quarantine_reason)
 
 

@@ -26,6 +26,7 @@ from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from tasks_app import timing
+from tasks_app.audit import audit
 from tasks_app.models import TERMINAL_STATUSES, EventSource, OverlapPolicy, Schedule, ScheduleFiring, Task
 from tasks_app.services.enqueue import FIRE_SCHEDULE, enqueue_schedule_fire
 from tasks_app.services.tasks import InputFile, TaskSpec, task_create, task_spec_clean
@@ -176,6 +177,8 @@ def schedule_create(*, spec: ScheduleSpec, tenant: str = "default", created_by: 
             schedule.next_run_at = next_fire(schedule, now)
             schedule.save()
             _sync_periodic_task(schedule)
+            audit("create", "schedule", schedule.pk,
+                  [f.name for f in fields(ScheduleSpec) if getattr(spec, f.name) not in (None, "", [], {})])
     except IntegrityError:
         raise ValidationError({"name": [f"a schedule named {spec.name!r} already exists"]}) from None
     return schedule
@@ -189,7 +192,7 @@ def schedule_update(*, schedule_id: int, changes: dict[str, Any]) -> Schedule:
         raise ValidationError({sorted(unknown)[0]: ["is not a schedule field"]})
     with transaction.atomic():
         schedule = Schedule.objects.select_for_update().get(pk=schedule_id)
-        current = spec_from_schedule(schedule)
+        current = before = spec_from_schedule(schedule)
         timing_keys = {"cron", "interval_seconds", "run_at"}
         if timing_keys & set(changes):  # a new timing replaces the old one entirely
             current = replace(current, cron="", interval_seconds=None, run_at=None)
@@ -205,6 +208,9 @@ def schedule_update(*, schedule_id: int, changes: dict[str, Any]) -> Schedule:
         except IntegrityError:
             raise ValidationError({"name": [f"a schedule named {spec.name!r} already exists"]}) from None
         _sync_periodic_task(schedule)
+        changed = [name for name in changes if getattr(spec, name) != getattr(before, name)]
+        if changed:
+            audit("update", "schedule", schedule.pk, changed)
     return schedule
 
 
@@ -217,6 +223,7 @@ def schedule_set_enabled(*, schedule_id: int, enabled: bool) -> Schedule:
             schedule.next_run_at = next_fire(schedule, timezone.now())
         schedule.save(update_fields=["enabled", "next_run_at", "updated_at"])
         _sync_periodic_task(schedule)
+        audit("resume" if enabled else "pause", "schedule", schedule.pk, ["enabled"])
     return schedule
 
 
@@ -226,6 +233,7 @@ def schedule_delete(*, schedule_id: int) -> None:
         schedule = Schedule.objects.select_for_update().get(pk=schedule_id)
         if schedule.periodic_task_id:
             PeriodicTask.objects.filter(pk=schedule.periodic_task_id).delete()
+        audit("delete", "schedule", schedule.pk)
         schedule.delete()
 
 

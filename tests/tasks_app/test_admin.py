@@ -203,7 +203,7 @@ def test_group_create_through_the_admin_stores_credentials_encrypted_and_never_s
         admin_client: Client) -> None:
     response = admin_client.post(
         reverse("admin:tasks_app_workergroup_add"),
-        _group_form(credentials_set=f"ANTHROPIC_API_KEY={SECRET}\n\nOTHER_TOKEN = t0ken-value-77\n",
+        _group_form(credentials_set=f"ANTHROPIC_API_KEY={SECRET}\n\nANTHROPIC_AUTH_TOKEN = t0ken-value-77\n",
                     env='{"CLAUDE_CONFIG_DIR": "/srv/claude/team-a"}', extra_args='["--max-turns=5"]'),
     )
 
@@ -211,7 +211,7 @@ def test_group_create_through_the_admin_stores_credentials_encrypted_and_never_s
     group = WorkerGroup.objects.get()
     assert (group.name, group.max_concurrent, group.env, group.extra_args) == (
         "claude-team-a", 2, {"CLAUDE_CONFIG_DIR": "/srv/claude/team-a"}, ["--max-turns=5"])
-    assert group.credentials == {"ANTHROPIC_API_KEY": SECRET, "OTHER_TOKEN": "t0ken-value-77"}
+    assert group.credentials == {"ANTHROPIC_API_KEY": SECRET, "ANTHROPIC_AUTH_TOKEN": "t0ken-value-77"}
     assert SECRET not in group.credentials_encrypted
     pages = [
         reverse("admin:tasks_app_workergroup_changelist"),
@@ -224,7 +224,7 @@ def test_group_create_through_the_admin_stores_credentials_encrypted_and_never_s
         assert SECRET not in html and "t0ken-value-77" not in html, url
     change_html = admin_client.get(pages[1]).content.decode()
     assert "<code>ANTHROPIC_API_KEY</code> = ••••••" in change_html
-    assert "ANTHROPIC_API_KEY, OTHER_TOKEN" in admin_client.get(pages[0]).content.decode()
+    assert "ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN" in admin_client.get(pages[0]).content.decode()
 
 
 def test_group_form_with_bad_extra_args_shows_a_field_error_and_writes_nothing(admin_client: Client) -> None:
@@ -266,21 +266,21 @@ def test_group_form_maps_service_errors_on_duplicates_and_bad_accounts(admin_cli
 
 def test_group_change_sets_and_removes_credential_keys_through_the_service(admin_client: Client) -> None:
     group = WorkerGroupFactory(account="main", max_concurrent=1)
-    group.credentials = {"ANTHROPIC_API_KEY": SECRET, "OLD_KEY": "old-value"}
+    group.credentials = {"ANTHROPIC_API_KEY": SECRET, "ANTHROPIC_AUTH_TOKEN": "old-value"}
     group.save()
     url = reverse("admin:tasks_app_workergroup_change", args=[group.pk])
 
     response = admin_client.post(url, {"max_concurrent": "4", "enabled": "on", "env": "{}",
-                                       "extra_args": "[]", "credentials_set": "NEW_KEY=new-value",
-                                       "credentials_unset": ["OLD_KEY"]})
+                                       "extra_args": "[]", "credentials_set": "CLAUDE_CODE_OAUTH_TOKEN=new-value",
+                                       "credentials_unset": ["ANTHROPIC_AUTH_TOKEN"]})
 
     assert response.status_code == 302
     group.refresh_from_db()
-    assert group.credentials == {"ANTHROPIC_API_KEY": SECRET, "NEW_KEY": "new-value"}
+    assert group.credentials == {"ANTHROPIC_API_KEY": SECRET, "CLAUDE_CODE_OAUTH_TOKEN": "new-value"}
     assert (group.max_concurrent, group.enabled) == (4, True)
     html = admin_client.get(url).content.decode()
     assert SECRET not in html and "new-value" not in html
-    assert 'value="NEW_KEY"' in html and 'value="OLD_KEY"' not in html
+    assert 'value="CLAUDE_CODE_OAUTH_TOKEN"' in html and 'value="ANTHROPIC_AUTH_TOKEN"' not in html
 
 
 def test_group_change_with_a_reserved_env_name_shows_a_field_error(admin_client: Client) -> None:

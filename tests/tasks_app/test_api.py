@@ -7,6 +7,7 @@ import hashlib
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import override_settings
 from rest_framework.test import APIClient
 
@@ -18,8 +19,11 @@ from tests.factories import WorkerGroupFactory
 pytestmark = pytest.mark.django_db
 
 
-def client_for(username: str, tenant: str = "acme", *, staff: bool = False, bearer: bool = False) -> APIClient:
-    user_create(username=username, tenant=tenant, staff=staff)
+def client_for(username: str, tenant: str = "acme", *, staff: bool = False, bearer: bool = False,
+               permissions: tuple[str, ...] = ()) -> APIClient:
+    user = user_create(username=username, tenant=tenant, staff=staff)
+    for codename in permissions:
+        user.user_permissions.add(Permission.objects.get(codename=codename, content_type__app_label="tasks_app"))
     _, key = token_create(username=username)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"{'Bearer' if bearer else 'Token'} {key}")
@@ -39,6 +43,12 @@ def bob() -> APIClient:
 @pytest.fixture
 def staff() -> APIClient:
     return client_for("root", "ops", staff=True)
+
+
+@pytest.fixture
+def operator() -> APIClient:
+    """Staff with the permission to change what reaches a CLI with its key (credentials, env, flags)."""
+    return client_for("keyholder", "ops", staff=True, permissions=("manage_credentials",))
 
 
 def _create(client: APIClient, **body: Any) -> Any:
@@ -263,7 +273,8 @@ def test_worker_groups_are_staff_only(alice: APIClient) -> None:
     assert WorkerGroup.objects.count() == 0
 
 
-def test_staff_manage_groups_and_credentials_are_write_only(staff: APIClient) -> None:
+def test_staff_manage_groups_and_credentials_are_write_only(operator: APIClient) -> None:
+    staff = operator
     created = staff.post("/api/v1/worker-groups/", {
         "tool": "claude", "account": "team-a", "max_concurrent": 3,
         "credentials": {"ANTHROPIC_API_KEY": "sk-api-secret-1"}, "env": {"CLAUDE_CONFIG_DIR": "/srv/a"},
@@ -296,8 +307,8 @@ def test_staff_manage_groups_and_credentials_are_write_only(staff: APIClient) ->
         ({"tool": "claude", "account": "x", "credentials": {"BAD NAME": "x"}}, "credentials"),
     ],
 )
-def test_bad_group_input_is_400_and_writes_nothing(staff: APIClient, body: dict, field: str) -> None:
-    response = staff.post("/api/v1/worker-groups/", body, format="json")
+def test_bad_group_input_is_400_and_writes_nothing(operator: APIClient, body: dict, field: str) -> None:
+    response = operator.post("/api/v1/worker-groups/", body, format="json")
 
     assert response.status_code == 400 and field in response.json(), response.json()
     assert WorkerGroup.objects.count() == 0

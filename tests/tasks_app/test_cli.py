@@ -74,21 +74,22 @@ def test_get_unknown_task_exits_1(capsys) -> None:
 
 
 def test_groups_add_set_pause_never_print_credential_values(capsys, monkeypatch) -> None:
-    monkeypatch.setenv("TEAM_KEY", "sk-from-env-secret")
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "sk-from-env-secret")
 
     assert run(["groups", "add", "claude", "team-a", "--max-concurrent", "3", "--credential",
                 "ANTHROPIC_API_KEY=sk-inline-secret", "--env", "CLAUDE_CONFIG_DIR=/srv/a", "--json"]) == 0
-    assert run(["groups", "set", "claude-team-a", "--credential-from-env", "TEAM_KEY", "--max-concurrent", "4"]) == 0
+    assert run(["groups", "set", "claude-team-a", "--credential-from-env", "ANTHROPIC_AUTH_TOKEN",
+                "--max-concurrent", "4"]) == 0
     assert run(["groups", "pause", "claude-team-a"]) == 0
     assert run(["--json", "groups", "list"]) == 0
     out = capsys.readouterr().out
 
     group = WorkerGroup.objects.get(name="claude-team-a")
-    assert group.credentials == {"ANTHROPIC_API_KEY": "sk-inline-secret", "TEAM_KEY": "sk-from-env-secret"}
+    assert group.credentials == {"ANTHROPIC_API_KEY": "sk-inline-secret", "ANTHROPIC_AUTH_TOKEN": "sk-from-env-secret"}
     assert (group.max_concurrent, group.enabled, group.env) == (4, False, {"CLAUDE_CONFIG_DIR": "/srv/a"})
     assert "sk-inline-secret" not in out and "sk-from-env-secret" not in out
     assert "sk-inline-secret" not in group.credentials_encrypted
-    assert '"credentials": ["ANTHROPIC_API_KEY", "TEAM_KEY"]' in out
+    assert '"credentials": ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"]' in out
 
 
 @pytest.mark.parametrize(
