@@ -12,10 +12,13 @@ from executors.base import (
     RETRYABLE_FAILURES,
     ConfigurationError,
     Control,
+    EventKind,
+    EventSink,
     ExecutionResult,
     ExecutionSpec,
     FailureKind,
     OutputFile,
+    RunEvent,
 )
 
 __all__ = [
@@ -24,9 +27,12 @@ __all__ = [
     "RETRYABLE_FAILURES",
     "ConfigurationError",
     "Control",
+    "EventKind",
+    "EventSink",
     "ExecutionResult",
     "ExecutionSpec",
     "FailureKind",
     "OutputFile",
+    "RunEvent",
     "adapter_for",
 ]

@@ -23,6 +23,8 @@ class FailureKind(StrEnum):
     INTERNAL = "internal"
     SANDBOX = "sandbox"  # the sandbox could not start, or the run broke out of its work dir
     UNREACHABLE = "unreachable"  # the CLI could not reach its API (DNS, refused, proxy, TLS)
+    STALLED = "stalled"  # no event and no output for the task's idle timeout: killed
+    BUDGET_EXCEEDED = "budget_exceeded"  # the task's max_cost_usd or max_turns was crossed: killed, never retried
 
     @property
     def label(self) -> str:
@@ -48,6 +50,31 @@ class Control(Enum):
 
 Heartbeat = Callable[[], Control]
 OutputSink = Callable[[list[tuple[str, str]]], None]  # [(stream, text)], called from the executor's wait loop
+
+
+class EventKind(StrEnum):
+    """The normalised timeline of a run (SPEC §8 RunEvent), whatever the CLI's own stream looks like."""
+
+    MESSAGE = "message"  # assistant text: {"text"}
+    TOOL_CALL = "tool_call"  # {"tool", "summary" (a file path, a command; short), "id"}
+    TOOL_RESULT = "tool_result"  # {"tool", "id", "ok", "size"}
+    USAGE = "usage"  # running totals: {"input_tokens", "output_tokens", "cost_usd", "turns", "estimate"}
+    RATE_LIMIT = "rate_limit"  # {"message", "resets_at" (epoch seconds) or None}
+    ERROR = "error"  # {"message"}
+    RESULT = "result"  # {"ok", "text", "session_id"}
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    kind: EventKind
+    data: dict[str, object]  # small and JSON-able: summaries, never whole payloads
+    at: float  # time.time() when it was read
+
+
+EventSink = Callable[[list[RunEvent]], None]  # called from the executor's wait loop, like the heartbeat
+# Model name -> (USD per million input tokens, USD per million output tokens): the estimate for CLIs that report
+# tokens but no cost.
+Prices = dict[str, tuple[float, float]]
 
 
 @dataclass(frozen=True)
@@ -103,6 +130,11 @@ class ExecutionSpec:
     secrets: tuple[str, ...] = ()  # values scrubbed from anything recorded (stdout, stderr, messages)
     live_output_bytes: int = 0  # how much output may be streamed live through `on_output` (0: none)
     sandbox: Sandbox = field(default_factory=Sandbox)
+    model: str = ""  # the model asked for ("" the CLI's default): prices the estimate
+    idle_timeout_seconds: float = 0.0  # no event and no output for this long: killed as stalled (0: never)
+    max_cost_usd: float | None = None  # crossing it (streamed usage) kills the run as budget_exceeded
+    max_turns: int | None = None
+    prices: Prices = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -144,6 +176,9 @@ class ExecutionResult:
     outputs: list[OutputFile] = field(default_factory=list)
     output_errors: list[str] = field(default_factory=list)
     details: dict[str, object] = field(default_factory=dict)
+    session_id: str = ""  # claude's session, codex's thread, gemini's session: what a follow-up resumes
+    turns: int | None = None
+    cost_is_estimate: bool = False  # cost_usd computed from tokens and `prices`, not reported by the CLI
 
     @property
     def succeeded(self) -> bool:

@@ -327,6 +327,12 @@ if SCHEDULER_SANDBOX not in ("bwrap", "off"):
 SCHEDULER_SANDBOX_RO_PATHS = [p for p in env.str("SCHEDULER_SANDBOX_RO_PATHS", default="").split(os.pathsep) if p]
 SCHEDULER_SANDBOX_RW_PATHS = [p for p in env.str("SCHEDULER_SANDBOX_RW_PATHS", default="").split(os.pathsep) if p]
 SCHEDULER_LIVE_LOG_BYTES = env.int("SCHEDULER_LIVE_LOG_BYTES", default=1024 * 1024)
+# Agent-aware runs (issue 16): the timeline kept per run, the idle (stall) timeout, the price table for CLIs that
+# report tokens but no cost (model name or prefix -> [USD per million input tokens, per million output tokens]).
+SCHEDULER_RUN_EVENTS_MAX = env.int("SCHEDULER_RUN_EVENTS_MAX", default=2000)
+SCHEDULER_IDLE_TIMEOUT = env.int("SCHEDULER_IDLE_TIMEOUT", default=900)
+SCHEDULER_PRICES = env.json("SCHEDULER_PRICES", default={})
+SCHEDULER_BUDGET_WARN_FRACTION = env.float("SCHEDULER_BUDGET_WARN_FRACTION", default=0.8)
 SCHEDULER_LIVE_LOG_RETENTION_HOURS = env.float("SCHEDULER_LIVE_LOG_RETENTION_HOURS", default=24.0)
 SCHEDULER_SSE_MAX_SECONDS = env.int("SCHEDULER_SSE_MAX_SECONDS", default=3600)
 # /metrics: a bearer token if set, else only these networks may scrape.

@@ -13,7 +13,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.functional import cached_property
 
-from executors.base import FailureKind
+from executors.base import EventKind, FailureKind
 from tasks_app import crypto
 
 
@@ -64,6 +64,10 @@ class WorkerGroup(models.Model):
     allow_dangerous_flags = models.BooleanField(default=False)
     extra_args = models.JSONField(default=list, blank=True, help_text="Extra CLI args from the allow-list.")
     rate_limited_until = models.DateTimeField(null=True, blank=True)
+    daily_budget_usd = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True,
+                                           help_text="Spend per UTC day at which the group takes no work.")
+    monthly_budget_usd = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True,
+                                             help_text="Spend per calendar month (UTC) at which it takes no work.")
     # Account-level failures (auth, CLI missing, API unreachable) in a row; at the threshold the group is
     # quarantined, and takes no work until an operator resumes it.
     account_failures = models.PositiveIntegerField(default=0, editable=False)
@@ -256,6 +260,12 @@ class Task(models.Model):
     max_attempts = models.PositiveIntegerField(default=3, validators=[MinValueValidator(1)])
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     timeout_seconds = models.PositiveIntegerField()
+    idle_timeout_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="No event and no output for this long kills the run as stalled "
+        "(empty: SCHEDULER_IDLE_TIMEOUT).")
+    max_cost_usd = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True,
+                                       help_text="Spend per attempt at which the run is stopped (budget_exceeded).")
+    max_turns = models.PositiveIntegerField(null=True, blank=True)
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True, default="", editable=False)
     result = models.JSONField(null=True, blank=True)
@@ -371,7 +381,12 @@ class TaskRun(models.Model):
     retry_after_seconds = models.FloatField(null=True, blank=True)
     input_tokens = models.BigIntegerField(null=True, blank=True)
     output_tokens = models.BigIntegerField(null=True, blank=True)
-    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True,
+                                   help_text="So far while running (from the stream), in all once finished.")
+    cost_is_estimate = models.BooleanField(default=False, help_text="Computed from tokens and the price table.")
+    turns = models.PositiveIntegerField(null=True, blank=True)
+    session_id = models.CharField(max_length=200, blank=True, default="",
+                                  help_text="claude's session, codex's thread, gemini's session.")
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     command = models.JSONField(default=list, blank=True, help_text="argv as run; never holds credentials.")
     sandbox = models.CharField(max_length=8, blank=True, default="",
@@ -402,6 +417,25 @@ class TaskLogChunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.stream} #{self.seq} of run {self.run_id}"
+
+
+class RunEvent(models.Model):
+    """One step of a run's timeline (SPEC §8), normalised from the CLI's stream: message, tool_call,
+    tool_result, usage, rate_limit, error, result. Bounded per run (SCHEDULER_RUN_EVENTS_MAX); pruned with the
+    live logs."""
+
+    run = models.ForeignKey(TaskRun, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=[(k.value, k.value) for k in EventKind])
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["run", "seq"]
+        constraints = [models.UniqueConstraint(fields=["run", "seq"], name="runevent_run_seq_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.seq} of run {self.run_id}"
 
 
 class TaskFile(models.Model):

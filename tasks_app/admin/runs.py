@@ -9,7 +9,7 @@ from django.utils.safestring import SafeString
 
 from tasks_app.admin.common import ReadOnlyAdminMixin, _download_link, _task_link
 from tasks_app.admin.tasks import RUN_FIELDS, FailureKindFilter, TaskRunInline
-from tasks_app.models import TaskEvent, TaskFile, TaskLogChunk, TaskRun
+from tasks_app.models import RunEvent, TaskEvent, TaskFile, TaskLogChunk, TaskRun
 
 
 @admin.register(TaskRun)
@@ -84,3 +84,18 @@ class TaskLogChunkAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="data")
     def excerpt(self, chunk: TaskLogChunk) -> str:
         return chunk.data[:120]
+
+
+@admin.register(RunEvent)
+class RunEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Each run's timeline as the workers read it from the CLI's stream (pruned with the live logs)."""
+
+    list_display = ("run", "seq", "kind", "summary", "created_at")
+    list_filter = ("kind", "created_at")
+    list_select_related = ("run",)
+    search_fields = ("run__task__id",)
+    ordering = ("-created_at", "-seq")
+
+    @admin.display(description="data")
+    def summary(self, event: RunEvent) -> str:
+        return str(event.data)[:120]
