@@ -1,0 +1,197 @@
+"""Live streams (`?follow=1`) as deployed: the Procfile's `stream` process (uvicorn, ASGI) serves them, the `web`
+process (gunicorn, WSGI) never holds one. Standard SSE clients, keep-alives, caps, and clients that go away."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from tasks_app.models import Task, TaskLogChunk, TaskRun, TaskStatus
+from tasks_app.services.accounts import token_create, user_create
+from tests.conftest import SiteProcesses, wait_until
+from tests.factories import TaskFactory
+from tests.sse import SseClient
+
+pytestmark = pytest.mark.e2e
+SSE = {"Accept": "text/event-stream"}
+
+
+def token(username: str, tenant: str = "acme") -> dict[str, str]:
+    user_create(username=username, tenant=tenant)
+    return {"Authorization": f"Token {token_create(username=username)[1]}"}
+
+
+def running_task(tenant: str = "acme", *output: str) -> tuple[Task, TaskRun]:
+    """A task whose attempt is running (as a worker leaves it), with this output so far."""
+    task = TaskFactory(status=TaskStatus.RUNNING, tenant=tenant)
+    run = TaskRun.objects.create(task=task, attempt=1, lease_token=uuid.uuid4())
+    for seq, data in enumerate(output):
+        TaskLogChunk.objects.create(run=run, seq=seq, stream="stdout", data=data)
+    return task, run
+
+
+def follow_url(base: str, task: Task) -> str:
+    return f"{base}/api/v1/tasks/{task.pk}/logs/?follow=1"
+
+
+def close_wait_sockets(port: int) -> int:
+    """Server-side sockets on `port` still in CLOSE-WAIT: the client left and the server has not closed its end."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "08":
+                count += 1
+    return count
+
+
+def test_a_standard_sse_client_gets_live_events_and_keep_alives(site: SiteProcesses) -> None:
+    headers = token("alice")
+    task, run = running_task("acme", "line one\n")
+    stream = site.start("stream", env={"SCHEDULER_SSE_KEEPALIVE_SECONDS": "0.3", "SCHEDULER_SSE_POLL_SECONDS": "0.1"})
+
+    client = SseClient(follow_url(stream, task), headers={**headers, **SSE})
+    try:
+        # What every EventSource sends is accepted (it was a 406).
+        assert client.status == 200
+        assert client.response.headers["Content-Type"] == "text/event-stream"
+        client.read_until(lambda c: len(c.events) == 2, timeout=20)
+        assert [(e.type, e.data, e.last_event_id) for e in client.events] == [
+            ("attempt", "1", ""), ("stdout", "line one\n", "0")]
+        # Quiet task: a comment every keep-alive interval, and no event.
+        client.read_until(lambda c: c.parser.comments >= 2, timeout=20)
+        assert len(client.events) == 2
+        # Output written while it is followed arrives live; the end closes the stream.
+        TaskLogChunk.objects.create(run=run, seq=1, stream="stderr", data="line two\n")
+        client.read_until(lambda c: len(c.events) == 3, timeout=20)
+        Task.objects.filter(pk=task.pk).update(status=TaskStatus.SUCCEEDED)  # what run_finish leaves
+        client.read_until(lambda c: c.events[-1].type == "end", timeout=20)
+    finally:
+        client.close()
+    assert [(e.type, e.data) for e in client.events[2:]] == [("stderr", "line two\n"), ("end", "succeeded")]
+
+
+def test_streams_are_capped_per_token_and_in_all_with_a_429_that_says_which(site: SiteProcesses) -> None:
+    alice, bob, carol = token("alice"), token("bob"), token("carol")
+    task, _ = running_task("acme")
+    stream = site.start("stream", env={"SCHEDULER_SSE_MAX_STREAMS": "3", "SCHEDULER_SSE_MAX_STREAMS_PER_TOKEN": "2"})
+    url = follow_url(stream, task)
+    opened = [SseClient(url, headers={**alice, **SSE}), SseClient(url, headers={**alice, **SSE})]
+    try:
+        assert [c.status for c in opened] == [200, 200]
+        third = SseClient(url, headers={**alice, **SSE})
+        assert third.status == 429
+        assert third.response.headers["Retry-After"] == "10"
+        body = json.loads(third.body())
+        assert "this token already has its maximum of 2 live streams open" in body["detail"]
+        third.close()
+
+        opened.append(SseClient(url, headers={**bob, **SSE}))
+        assert opened[-1].status == 200
+        full = SseClient(url, headers={**carol, **SSE})
+        assert full.status == 429
+        assert "this server already serves its maximum of 3 live streams" in json.loads(full.body())["detail"]
+        full.close()
+
+        # A stream that ends gives its place back.
+        opened.pop(0).close()
+        again = wait_until(lambda: _admitted(url, carol), timeout=10, message="carol to be admitted")
+        again.close()
+    finally:
+        for client in opened:
+            client.close()
+
+
+def _admitted(url: str, headers: dict[str, str]) -> SseClient | None:
+    client = SseClient(url, headers={**headers, **SSE})
+    if client.status == 200:
+        return client
+    client.close()
+    return None
+
+
+def test_a_client_that_goes_away_frees_its_slot_and_its_socket_at_once(site: SiteProcesses) -> None:
+    alice = token("alice")
+    task, _ = running_task("acme", "hello\n")
+    # No keep-alive for a minute: the server must notice the client left from the connection itself, not from a
+    # write that fails.
+    stream = site.start("stream", env={"SCHEDULER_SSE_MAX_STREAMS_PER_TOKEN": "1",
+                                       "SCHEDULER_SSE_KEEPALIVE_SECONDS": "60"})
+    url = follow_url(stream, task)
+    port = site.ports["stream"]
+    for _ in range(3):
+        client = SseClient(url, headers={**alice, **SSE})
+        assert client.status == 200
+        client.read_until(lambda c: len(c.events) == 2, timeout=20)
+        client.close()
+        # The same token may follow again: the one stream it had is over.
+        again = wait_until(lambda: _admitted(url, alice), timeout=10, message="the slot to be released")
+        again.close()
+        wait_until(lambda: close_wait_sockets(port) == 0, timeout=10, message="no socket left in CLOSE-WAIT")
+    assert "Traceback" not in site.log("stream")
+
+
+def test_followers_never_hold_the_web_tier(site: SiteProcesses) -> None:
+    keys = [token(f"user{i}") for i in range(4)]
+    tasks = [running_task("acme", f"task {i} says hi\n")[0] for i in range(4)]
+    stream = site.start("stream", env={"SCHEDULER_SSE_KEEPALIVE_SECONDS": "1"})
+    # gunicorn as the Procfile runs it: 2 workers x 8 threads. Today's 16 followers took every thread.
+    web = site.start("web", env={"SCHEDULER_STREAM_URL": stream})
+
+    followers: list[Any] = []
+    errors: list[BaseException] = []
+
+    def follow(headers: dict[str, str], task: Task) -> None:
+        # Through the web process's URL, as a client configured with it does: the redirect leads to the stream.
+        request = urllib.request.Request(follow_url(web, task), headers={**headers, **SSE})
+        try:
+            response = urllib.request.urlopen(request, timeout=30)
+            assert response.headers["Content-Type"] == "text/event-stream"
+            assert response.readline() == b"retry: 2000\n"
+            followers.append(response)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=follow, args=(keys[i % 4], tasks[i % 4])) for i in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert errors == [] and len(followers) == 40
+        # Each follower costs the database nothing of its own: the stream process reads for all of them on one
+        # connection (its request threads give theirs back before streaming).
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+                assert cursor.fetchone()[0] < 10
+        # With 40 streams open, the web process answers at once (bounded: a hung thread pool would time out).
+        for _ in range(20):
+            health = urllib.request.urlopen(f"{web}/healthz", timeout=5)
+            assert health.status in (200, 503)
+            listing = urllib.request.urlopen(urllib.request.Request(f"{web}/api/v1/tasks/", headers=keys[0]),
+                                             timeout=5)
+            assert listing.status == 200 and len(json.loads(listing.read())["results"]) == 4
+    finally:
+        for response in followers:
+            response.close()
+
+
+def test_the_web_process_answers_follow_with_where_streams_are_served(site: SiteProcesses) -> None:
+    alice = token("alice")
+    task, _ = running_task("acme")
+    web = site.start("web")
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(follow_url(web, task), headers={**alice, **SSE}), timeout=10)
+
+    assert refused.value.code == 421
+    assert "served by the stream process" in json.loads(refused.value.read())["detail"]
