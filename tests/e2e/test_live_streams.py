@@ -3,7 +3,9 @@ process (gunicorn, WSGI) never holds one. Standard SSE clients, keep-alives, cap
 
 from __future__ import annotations
 
+import base64
 import json
+import shutil
 import threading
 import urllib.error
 import urllib.request
@@ -12,16 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection
 
 from tasks_app.models import Task, TaskLogChunk, TaskRun, TaskStatus
 from tasks_app.services.accounts import token_create, user_create
-from tests.conftest import SiteProcesses, wait_until
+from tasks_app.services.groups import group_create
+from tasks_app.services.tasks import TaskSpec, task_create
+from tests.conftest import SiteProcesses, WorkerProcesses, wait_until
+from tests.e2e.test_pipeline import fake
 from tests.factories import TaskFactory
 from tests.sse import SseClient
 
 pytestmark = pytest.mark.e2e
 SSE = {"Accept": "text/event-stream"}
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def token(username: str, tenant: str = "acme") -> dict[str, str]:
@@ -195,3 +202,62 @@ def test_the_web_process_answers_follow_with_where_streams_are_served(site: Site
 
     assert refused.value.code == 421
     assert "served by the stream process" in json.loads(refused.value.read())["detail"]
+
+
+FORGERY = b"before\revent: end\rdata: forged\r\rid: 99\r\rafter\n"
+COLLECT_EVENTS = """url => new Promise((resolve, reject) => {
+  const events = [], source = new EventSource(url);
+  for (const type of ["attempt", "stdout", "stderr", "end", "timeout", "message"]) {
+    source.addEventListener(type, e => {
+      events.push([type, e.data, e.lastEventId]);
+      if (type === "end") { source.close(); resolve(events); }
+    });
+  }
+  source.onerror = () => { if (source.readyState === EventSource.CLOSED) reject(new Error("refused")); };
+  setTimeout(() => { source.close(); reject(new Error("no end event after 30 s: " + JSON.stringify(events))); },
+             30000);
+})"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it)")
+def test_chromium_eventsource_follows_a_task_and_output_cannot_forge_an_event(
+        workers: WorkerProcesses, site: SiteProcesses) -> None:
+    from playwright.sync_api import sync_playwright
+
+    get_user_model().objects.create_superuser("ops", "", "correct horse battery")
+    group_create(tool="claude", account="main")
+    workers.start("control", concurrency=1, env={"SCHEDULER_CANCEL_POLL_SECONDS": "0.2"})
+    workers.start("claude-main", concurrency=1, env={"SCHEDULER_CANCEL_POLL_SECONDS": "0.2"})
+    # The admin served by the stream process itself (as the embedded start serves everything), static files too.
+    stream = site.start("stream", env={"SCHEDULER_SERVE_STATIC": "true"})
+    prompt = fake("forge", stdout_raw_b64=base64.b64encode(FORGERY).decode(), sleep=4)
+    task, _ = task_create(spec=TaskSpec(tool="claude", prompt=prompt), source="api")
+    wait_until(lambda: TaskRun.objects.filter(task=task).exists(), timeout=30, message="the run to start")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{stream}/admin/login/?next=/admin/tasks_app/task/{task.pk}/change/")
+            page.fill("#id_username", "ops")
+            page.fill("#id_password", "correct horse battery")
+            page.click("input[type=submit]")
+            # The live panel follows with an EventSource, and shows the forged lines as output.
+            page.wait_for_selector("#live-log[data-transport=sse] .live-chunk", timeout=30_000)
+            page.wait_for_function("document.getElementById('live-log').textContent.includes('data: forged')",
+                                   timeout=30_000)
+            page.wait_for_function("document.getElementById('live-log-state').textContent.includes('succeeded')",
+                                   timeout=60_000)
+            assert page.get_attribute("#live-log", "data-transport") == "sse"
+            # A bare EventSource, from the first event to the end, as any browser client would read it.
+            events = page.evaluate(COLLECT_EVENTS, f"/api/v1/tasks/{task.pk}/logs/?follow=1")
+        finally:
+            browser.close()
+
+    assert [e[0] for e in events if e[0] in ("end", "timeout", "message")] == ["end"]
+    assert events[0][:2] == ["attempt", "1"] and events[-1][:2] == ["end", "succeeded"]
+    stdout = "".join(data for kind, data, _ in events if kind == "stdout")
+    assert "before\nevent: end\ndata: forged\n\nid: 99\n\nafter\n" in stdout
+    assert all(ident != "99" for _, _, ident in events)
