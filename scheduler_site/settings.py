@@ -303,8 +303,11 @@ SCHEDULER_SSE_POLL_SECONDS = env.float("SCHEDULER_SSE_POLL_SECONDS", default=0.5
 # Streams one stream process holds, in all and per API token (or admin user); one more is a 429.
 SCHEDULER_SSE_MAX_STREAMS = env.int("SCHEDULER_SSE_MAX_STREAMS", default=500)
 SCHEDULER_SSE_MAX_STREAMS_PER_TOKEN = env.int("SCHEDULER_SSE_MAX_STREAMS_PER_TOKEN", default=20)
-for _name in ("SCHEDULER_SSE_MAX_SECONDS", "SCHEDULER_SSE_KEEPALIVE_SECONDS", "SCHEDULER_SSE_POLL_SECONDS",
-              "SCHEDULER_SSE_MAX_STREAMS", "SCHEDULER_SSE_MAX_STREAMS_PER_TOKEN"):
+# Requests the ASGI process works on at once, each on a thread with its own database connection; a stream counts
+# only until its first byte (scheduler_site/asgi.py). Like the Procfile's gunicorn: 2 workers x 8 threads.
+SCHEDULER_ASGI_THREADS = env.int("SCHEDULER_ASGI_THREADS", default=16)
+for _name in ("SCHEDULER_ASGI_THREADS", "SCHEDULER_SSE_MAX_SECONDS", "SCHEDULER_SSE_KEEPALIVE_SECONDS",
+              "SCHEDULER_SSE_POLL_SECONDS", "SCHEDULER_SSE_MAX_STREAMS", "SCHEDULER_SSE_MAX_STREAMS_PER_TOKEN"):
     if not globals()[_name] > 0:
         raise ImproperlyConfigured(f"{_name} must be greater than 0, not {globals()[_name]!r}")
 # The ASGI entry point serves the admin's static files itself (the embedded one-command start has no web server
