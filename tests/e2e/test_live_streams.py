@@ -17,10 +17,11 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
 
-from tasks_app.models import Task, TaskLogChunk, TaskRun, TaskStatus
+from tasks_app.models import EventSource, Task, TaskLogChunk, TaskRun, TaskStatus
 from tasks_app.services.accounts import token_create, user_create
 from tasks_app.services.groups import group_create
 from tasks_app.services.tasks import TaskSpec, task_create
+from tasks_app.transitions import task_transition
 from tests.conftest import SiteProcesses, WorkerProcesses, wait_until
 from tests.e2e.test_pipeline import fake
 from tests.factories import TaskFactory
@@ -79,7 +80,7 @@ def test_a_standard_sse_client_gets_live_events_and_keep_alives(site: SiteProces
         # Output written while it is followed arrives live; the end closes the stream.
         TaskLogChunk.objects.create(run=run, seq=1, stream="stderr", data="line two\n")
         client.read_until(lambda c: len(c.events) == 3, timeout=20)
-        Task.objects.filter(pk=task.pk).update(status=TaskStatus.SUCCEEDED)  # what run_finish leaves
+        task_transition(task_id=task.pk, to=TaskStatus.SUCCEEDED, source=EventSource.WORKER, actor="test")
         client.read_until(lambda c: c.events[-1].type == "end", timeout=20)
     finally:
         client.close()

@@ -9,9 +9,10 @@ import uuid
 import pytest
 from rest_framework.test import APIClient
 
-from tasks_app.models import Task, TaskLogChunk, TaskRun, TaskStatus
+from tasks_app.models import EventSource, Task, TaskLogChunk, TaskRun, TaskStatus
 from tasks_app.services.accounts import token_create, user_create
 from tasks_app.streams import LiveHub, StreamSlots, _poll, _View, event_stream
+from tasks_app.transitions import task_transition
 from tests.factories import TaskFactory
 
 
@@ -142,7 +143,7 @@ def test_a_retry_restarts_from_its_first_chunk_and_the_end_comes_after_the_last_
     view = _View(follower=object(), task_id=task.pk, run_id=first.pk, after=2)  # type: ignore[arg-type]
     second = TaskRun.objects.create(task=task, attempt=2, lease_token=uuid.uuid4())
     TaskLogChunk.objects.create(run=second, seq=0, stream="stderr", data="again\n")
-    Task.objects.filter(pk=task.pk).update(status=TaskStatus.FAILED)
+    task_transition(task_id=task.pk, to=TaskStatus.FAILED, source=EventSource.WORKER, actor="test")
 
     [(_, update)], _ = _poll([view], batch=2000)
 
@@ -167,7 +168,8 @@ def test_followers_of_one_task_all_get_every_event_in_order_and_late_joiners_the
         late = hub.subscribe(task.pk, after=1)
         seen.append([await late.queue.get() for _ in range(2)])  # attempt + chunk 1
         await asyncio.to_thread(TaskLogChunk.objects.create, run=run, seq=2, stream="stdout", data="2\n")
-        await asyncio.to_thread(Task.objects.filter(pk=task.pk).update, status=TaskStatus.SUCCEEDED)
+        await asyncio.to_thread(task_transition, task_id=task.pk, to=TaskStatus.SUCCEEDED, source=EventSource.WORKER,
+                                actor="test")
         for follower, events in zip([*early, late], seen, strict=True):
             events.extend([await follower.queue.get(), await follower.queue.get(), await follower.queue.get()])
         assert hub.followers == set()
