@@ -2,8 +2,8 @@
 
 Subcommands, each with its own `--help`: `api` (API latency, bench/api.py), `deep` (dispatch over a deep queue,
 bench/deep.py), `latency` (dispatch latency), `footprint` (worker RSS), `fairness` (two tenants), `sandbox` (the
-sandbox's cost per run, bench/sandbox.py) and `all` (the
-whole issue-9 suite with one summary table, bench/suite.py; `--quick` fits in well under 15 minutes).
+sandbox's cost per run, bench/sandbox.py), `streams` (200 live followers beside the API, bench/streams.py) and
+`all` (the whole issue-9 suite with one summary table, bench/suite.py; `--quick` fits in well under 15 minutes).
 """
 
 from __future__ import annotations
@@ -298,7 +298,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 SUBCOMMANDS = {"api": "api", "deep": "deep", "latency": "latency", "footprint": "footprint",
-               "fairness": "fairness", "sandbox": "sandbox", "all": "suite"}  # subcommand -> module in bench/
+               "fairness": "fairness", "sandbox": "sandbox", "streams": "streams",
+               "all": "suite"}  # subcommand -> module in bench/
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -334,7 +334,27 @@ SCHEDULER_IDLE_TIMEOUT = env.int("SCHEDULER_IDLE_TIMEOUT", default=900)
 SCHEDULER_PRICES = env.json("SCHEDULER_PRICES", default={})
 SCHEDULER_BUDGET_WARN_FRACTION = env.float("SCHEDULER_BUDGET_WARN_FRACTION", default=0.8)
 SCHEDULER_LIVE_LOG_RETENTION_HOURS = env.float("SCHEDULER_LIVE_LOG_RETENTION_HOURS", default=24.0)
+# Live streams (`?follow=1`) are served by the stream process (Procfile `stream`, an ASGI server), never by the WSGI
+# web process, which redirects them to SCHEDULER_STREAM_URL (or refuses them, naming the stream process, if unset).
+SCHEDULER_STREAM_URL = env.str("SCHEDULER_STREAM_URL", default="").rstrip("/")
 SCHEDULER_SSE_MAX_SECONDS = env.int("SCHEDULER_SSE_MAX_SECONDS", default=3600)
+# A comment this often on a quiet stream, so proxies and NAT keep it open and a vanished client is noticed.
+SCHEDULER_SSE_KEEPALIVE_SECONDS = env.float("SCHEDULER_SSE_KEEPALIVE_SECONDS", default=15.0)
+# One database poll this often serves every follower of the stream process (two queries, whatever their number).
+SCHEDULER_SSE_POLL_SECONDS = env.float("SCHEDULER_SSE_POLL_SECONDS", default=0.5)
+# Streams one stream process holds, in all and per API token (or admin user); one more is a 429.
+SCHEDULER_SSE_MAX_STREAMS = env.int("SCHEDULER_SSE_MAX_STREAMS", default=500)
+SCHEDULER_SSE_MAX_STREAMS_PER_TOKEN = env.int("SCHEDULER_SSE_MAX_STREAMS_PER_TOKEN", default=20)
+# Requests the ASGI process works on at once, each on a thread with its own database connection; a stream counts
+# only until its first byte (scheduler_site/asgi.py). Like the Procfile's gunicorn: 2 workers x 8 threads.
+SCHEDULER_ASGI_THREADS = env.int("SCHEDULER_ASGI_THREADS", default=16)
+for _name in ("SCHEDULER_ASGI_THREADS", "SCHEDULER_SSE_MAX_SECONDS", "SCHEDULER_SSE_KEEPALIVE_SECONDS",
+              "SCHEDULER_SSE_POLL_SECONDS", "SCHEDULER_SSE_MAX_STREAMS", "SCHEDULER_SSE_MAX_STREAMS_PER_TOKEN"):
+    if not globals()[_name] > 0:
+        raise ImproperlyConfigured(f"{_name} must be greater than 0, not {globals()[_name]!r}")
+# The ASGI entry point serves the admin's static files itself (the embedded one-command start has no web server
+# in front); production serves them from STATIC_ROOT.
+SCHEDULER_SERVE_STATIC = env.bool("SCHEDULER_SERVE_STATIC", default=False)
 # /metrics: a bearer token if set, else only these networks may scrape.
 SCHEDULER_METRICS_TOKEN = env.str("SCHEDULER_METRICS_TOKEN", default="")
 SCHEDULER_METRICS_ALLOW = env.list("SCHEDULER_METRICS_ALLOW", default=["127.0.0.1/32", "::1/128"])

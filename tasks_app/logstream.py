@@ -1,7 +1,9 @@
-"""Following a task's live output: one generator serves the SSE endpoint and `schedulerctl logs --follow`."""
+"""Following a task's live output: `follow()` for `schedulerctl logs --follow`, and the SSE framing of the stream
+process (tasks_app/streams.py serves `?follow=1`)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,11 +54,23 @@ def follow(task_id: Any, *, after: int = 0, poll_seconds: float = 0.5, max_secon
         time.sleep(poll_seconds)
 
 
-def sse(events: Iterator[LogEvent], *, keepalive_seconds: float = 15.0) -> Iterator[bytes]:
-    """Server-sent events: one event per chunk (multi-line data split per the SSE spec)."""
-    yield b"retry: 2000\n\n"
-    for event in events:
-        lines = event.data.split("\n")
-        payload = "".join(f"data: {line}\n" for line in lines)
-        ident = f"id: {event.seq}\n" if event.seq is not None else ""
-        yield f"{ident}event: {event.kind}\n{payload}\n".encode()
+# The event names this server sends: the field is never built from anything a CLI wrote.
+EVENT_KINDS = frozenset({"attempt", "stdout", "stderr", "end", "timeout"})
+# Every line ending the SSE format knows (CRLF, a bare CR, LF). A data field ends at any of them, so output is cut
+# at all three before each piece gets its own `data:` prefix: no byte of it can end a field or start another one.
+_SSE_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+SSE_PREAMBLE = b"retry: 2000\n\n"  # clients reconnect after 2 s, sending Last-Event-ID
+SSE_KEEPALIVE = b": keep-alive\n\n"  # a comment: clients ignore it, proxies and NAT see traffic
+
+
+def sse_event(event: LogEvent) -> bytes:
+    """One server-sent event: the server's own name and integer id, the data split per the SSE spec.
+
+    A CR or CRLF in the output reaches the client as LF (the format has no escape for it); the exact bytes stay
+    available from the JSON logs endpoint.
+    """
+    if event.kind not in EVENT_KINDS:
+        raise ValueError(f"unknown event kind {event.kind!r}")
+    ident = f"id: {int(event.seq)}\n" if event.seq is not None else ""
+    payload = "".join(f"data: {line}\n" for line in _SSE_LINE_BREAK.split(event.data))
+    return f"{ident}event: {event.kind}\n{payload}\n".encode(errors="replace")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import BooleanField, Count, ExpressionWrapper, Q, QuerySet
+from django.db.models import BooleanField, Count, ExpressionWrapper, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from tasks_app.models import (
@@ -86,6 +87,40 @@ def task_files(*, task_id: Any) -> QuerySet[TaskFile]:
 def run_log_chunks(*, run_id: int, after: int = 0, limit: int = 500) -> list[TaskLogChunk]:
     """Live output of one attempt from sequence number `after` on, in order."""
     return list(TaskLogChunk.objects.filter(run_id=run_id, seq__gte=after).order_by("seq")[:limit])
+
+
+@dataclass(frozen=True)
+class FollowState:
+    """What a live stream needs to know of a followed task, read in one statement (one snapshot)."""
+
+    status: str
+    run_id: int | None  # the latest attempt's run
+    attempt: int | None
+    last_seq: int | None  # its last live-output chunk
+
+
+def tasks_follow_state(*, task_ids: Iterable[Any]) -> dict[Any, FollowState]:
+    """Status, latest run and last chunk of many tasks in one query: the stream process's poll, whatever the number
+    of followers. Status and last chunk come from the same snapshot, so a terminal status means every chunk up to
+    `last_seq` is there to read."""
+    latest = TaskRun.objects.filter(task=OuterRef("pk")).order_by("-attempt")
+    last_chunk = TaskLogChunk.objects.filter(run=OuterRef("latest_run_id")).order_by("-seq").values("seq")[:1]
+    rows = (Task.objects.filter(pk__in=list(task_ids))
+            .annotate(latest_run_id=Subquery(latest.values("pk")[:1]),
+                      latest_attempt=Subquery(latest.values("attempt")[:1]))
+            .annotate(last_seq=Subquery(last_chunk))
+            .values_list("pk", "status", "latest_run_id", "latest_attempt", "last_seq"))
+    return {pk: FollowState(status, run_id, attempt, last_seq) for pk, status, run_id, attempt, last_seq in rows}
+
+
+def runs_log_chunks(*, after: dict[int, int], limit: int) -> list[TaskLogChunk]:
+    """Live output of several runs at once, each from its own sequence number on; in (run, seq) order."""
+    if not after:
+        return []
+    wanted = Q()
+    for run_id, seq in after.items():
+        wanted |= Q(run_id=run_id, seq__gte=seq)
+    return list(TaskLogChunk.objects.filter(wanted).order_by("run_id", "seq")[:limit])
 
 
 def group_get(*, name: str) -> WorkerGroup | None:

@@ -176,3 +176,80 @@ def workers(transactional_db: None, tmp_path: Path) -> Iterator[WorkerProcesses]
         yield pool
     finally:
         pool.stop()
+
+
+# --- the web tier as the Procfile runs it --------------------------------------------------------------------
+def procfile_command(name: str) -> str:
+    """The command of one process of the repository's Procfile (the real deployment's)."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        key, sep, command = line.partition(":")
+        if sep and key.strip() == name:
+            return command.strip()
+    raise AssertionError(f"no {name!r} process in the Procfile")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class SiteProcesses:
+    """The Procfile's `web` (gunicorn, WSGI) and `stream` (uvicorn, ASGI) processes on the test database, each on a
+    free port, stopped at teardown."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.ports: dict[str, int] = {}
+
+    def start(self, name: str, env: dict[str, str] | None = None) -> str:
+        port = free_port()
+        base_env = stand_in_env(database_url=test_database_url(), broker_url=settings.CELERY_BROKER_URL,
+                                var_dir=settings.VAR_DIR, work_dir=self.log_dir / "work")
+        base_env.update(PORT=str(port), STREAM_PORT=str(port), LOG_LEVEL="WARNING",
+                        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        base_env.update(env or {})
+        log = self.log_dir / f"{name}.out"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(["bash", "-c", f"exec {procfile_command(name)}"], cwd=ROOT, env=base_env,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        OUR_LOG_FILES.append(log)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: proc.poll() is not None or _answers(f"{url}/healthz"), timeout=60,
+                   message=f"the {name} process to answer")
+        if proc.poll() is not None:
+            raise AssertionError(f"{name} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        self.ports[name] = port
+        return url
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.out").read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop_process_groups(self.procs)
+
+
+def _answers(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+    except urllib.error.HTTPError:
+        return True  # an HTTP answer, even an error: the server is up
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+def site(transactional_db: None, tmp_path: Path) -> Iterator[SiteProcesses]:
+    processes = SiteProcesses(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop()

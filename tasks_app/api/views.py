@@ -5,9 +5,8 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from django.conf import settings
 from django.db.models import QuerySet
-from django.http import FileResponse, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.http import FileResponse, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -15,15 +14,18 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotAcceptable, ValidationError
 from rest_framework.filters import OrderingFilter
 from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 
-from tasks_app import logstream, selectors
+from tasks_app import selectors
 from tasks_app.api.filters import TaskFilter
+from tasks_app.api.follow import follow_response
+from tasks_app.api.renderers import EventStreamRenderer
 from tasks_app.api.serializers import (
     AuditEventSerializer,
     LogQuerySerializer,
@@ -152,11 +154,17 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
             OpenApiParameter("follow", bool, description="Stream as server-sent events until the task ends."),
             OpenApiParameter("after", int, description="Resume after this sequence number (SSE Last-Event-ID)."),
         ],
-        responses={(200, "application/json"): TaskLogSerializer, (200, "text/event-stream"): OpenApiTypes.STR},
-        description="Live output of the latest attempt. `follow=1` streams it (SSE events stdout, stderr, attempt, "
-                    "end); otherwise the chunks so far, and the stored copies once the attempt has finished.",
+        responses={(200, "application/json"): TaskLogSerializer, (200, "text/event-stream"): OpenApiTypes.STR,
+                   307: OpenApiResponse(description="follow=1 on the WSGI web process: the stream process's URL"),
+                   421: OpenApiResponse(description="follow=1 on the WSGI web process, SCHEDULER_STREAM_URL unset"),
+                   429: OpenApiResponse(description="follow=1 beyond the per-token or the global stream cap")},
+        description="Live output of the latest attempt. `follow=1` streams it as server-sent events (stdout, stderr, "
+                    "attempt, end, timeout; a keep-alive comment when quiet) from the stream process; the WSGI web "
+                    "process answers it with a redirect there (307) or 421. 429 beyond the stream caps. Otherwise "
+                    "the chunks so far, and the stored copies once the attempt has finished.",
     )
-    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[],
+            renderer_classes=[*api_settings.DEFAULT_RENDERER_CLASSES, EventStreamRenderer])
     def logs(self, request: Request, pk: str | None = None) -> HttpResponseBase:
         task = self.get_object()
         params = LogQuerySerializer(data=request.query_params)
@@ -166,11 +174,9 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         if last_event_id.isdigit():
             after = int(last_event_id) + 1
         if params.validated_data["follow"]:
-            events = logstream.follow(task.pk, after=after, max_seconds=settings.SCHEDULER_SSE_MAX_SECONDS)
-            response = StreamingHttpResponse(logstream.sse(events), content_type="text/event-stream")
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"  # let nginx pass events through as they come
-            return response
+            return follow_response(request, task_id=task.pk, after=after)
+        if isinstance(request.accepted_renderer, EventStreamRenderer):
+            raise NotAcceptable("text/event-stream is served with follow=1 only; without it the answer is JSON.")
         run = selectors.task_latest_run(task_id=task.pk)
         chunks = selectors.run_log_chunks(run_id=run.pk, after=after, limit=10_000) if run else []
         return Response(TaskLogSerializer({

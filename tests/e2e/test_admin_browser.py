@@ -41,6 +41,8 @@ def test_admin_task_page_shows_new_output_without_reloading(workers: WorkerProce
             page.fill("#id_password", "correct horse battery")
             page.click("input[type=submit]")
             page.wait_for_selector("#live-log .live-chunk", timeout=30_000)
+            # A WSGI server does not stream (it answers follow=1 with 421): the panel polls instead.
+            assert page.get_attribute("#live-log", "data-transport") == "polling"
             navigations: list[str] = []
             page.on("framenavigated", lambda frame: navigations.append(frame.url))
             first = page.inner_text("#live-log")

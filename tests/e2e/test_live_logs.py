@@ -14,19 +14,20 @@ from tasks_app.models import Task, TaskLogChunk
 from tasks_app.services.accounts import token_create, user_create
 from tasks_app.services.groups import group_create
 from tasks_app.services.tasks import TaskSpec, task_create
-from tests.conftest import ROOT, WorkerProcesses, wait_until
+from tests.conftest import ROOT, SiteProcesses, WorkerProcesses, wait_until
 from tests.e2e.test_pipeline import fake
 
 pytestmark = pytest.mark.e2e
 
 
-def test_output_is_visible_while_running_over_sse_and_the_cli(workers: WorkerProcesses, live_server) -> None:
+def test_output_is_visible_while_running_over_sse_and_the_cli(workers: WorkerProcesses, site: SiteProcesses) -> None:
     group_create(tool="claude", account="main", credentials={"ANTHROPIC_API_KEY": "sk-live-secret-9"},
                  env={"FAKE_CLI_ECHO_ENV": "ANTHROPIC_API_KEY"})
     user_create(username="viewer", tenant="default")
     key = token_create(username="viewer")[1]
     workers.start("control", concurrency=1, env={"SCHEDULER_CANCEL_POLL_SECONDS": "0.2"})
     workers.start("claude-main", concurrency=1, env={"SCHEDULER_CANCEL_POLL_SECONDS": "0.2"})
+    stream = site.start("stream")  # the Procfile's stream process serves ?follow=1
     task, _ = task_create(spec=TaskSpec(tool="claude", prompt=fake("stream", stdout_bytes=500, sleep=4)),
                           source="api")
 
@@ -38,8 +39,8 @@ def test_output_is_visible_while_running_over_sse_and_the_cli(workers: WorkerPro
         [str(Path(sys.executable).parent / "schedulerctl"), "logs", str(task.pk), "--follow"], cwd=ROOT,
         env=workers.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    request = urllib.request.Request(f"{live_server.url}/api/v1/tasks/{task.pk}/logs/?follow=1",
-                                     headers={"Authorization": f"Token {key}"})
+    request = urllib.request.Request(f"{stream}/api/v1/tasks/{task.pk}/logs/?follow=1",
+                                     headers={"Authorization": f"Token {key}", "Accept": "text/event-stream"})
     events: list[tuple[str, str]] = []
     with urllib.request.urlopen(request, timeout=60) as response:
         assert response.headers["Content-Type"] == "text/event-stream"
@@ -63,6 +64,6 @@ def test_output_is_visible_while_running_over_sse_and_the_cli(workers: WorkerPro
     assert "sk-live-secret-9" not in streamed + out + err
     assert follower.returncode == 0 and "[stdout filler]" in out and "--- task succeeded ---" in err
     snapshot = json.loads(urllib.request.urlopen(urllib.request.Request(
-        f"{live_server.url}/api/v1/tasks/{task.pk}/logs/", headers={"Authorization": f"Token {key}"}),
+        f"{stream}/api/v1/tasks/{task.pk}/logs/", headers={"Authorization": f"Token {key}"}),
         timeout=30).read())
     assert snapshot["finished"] is True and '"type":"result"' in snapshot["stdout"].replace(" ", "")

@@ -130,6 +130,9 @@ def test_start_no_run_seeds_demo_groups_and_writes_procfile(settings, tmp_path) 
     names = [line.split(":")[0] for line in lines]
     assert names == ["web", "beat", "control", "claude-main", "codex-main", "gemini-main"]
     assert "-Q claude-main -c 2" in lines[3]
+    # One port serves the API, the admin and the live streams: an ASGI server, never a thread per stream.
+    assert "-m uvicorn scheduler_site.asgi:application --host 127.0.0.1 --port 8123" in lines[0]
+    assert "SCHEDULER_SERVE_STATIC=true" in lines[0]
     assert (tmp_path / "admin_password").exists()
 
 

@@ -1,5 +1,5 @@
-"""`python manage.py start`: migrate, seed demo groups, and run web, beat, control and one worker per
-enabled group through honcho. The one-box way to try CLI Scheduler (README: `make run`)."""
+"""`python manage.py start`: migrate, seed demo groups, and run web (the ASGI app, live streams included), beat,
+control and one worker per enabled group through honcho. The one-box way to try CLI Scheduler (README: `make run`)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,10 @@ class Command(BaseCommand):
         python = shlex.quote(sys.executable)
         celery = f"{python} -m celery -A workers"
         lines = [
-            f"web: {python} manage.py runserver 127.0.0.1:{port} --noreload --insecure",
+            # One ASGI server for everything on the one box: API, admin (and its static files) and the live
+            # streams, which it serves without holding a thread each (docs/architecture.md, "Live streams").
+            f"web: SCHEDULER_SERVE_STATIC=true {python} -m uvicorn scheduler_site.asgi:application --host 127.0.0.1 "
+            f"--port {port} --lifespan off --timeout-graceful-shutdown 5",
             f"beat: {celery} beat -S django_celery_beat.schedulers:DatabaseScheduler --loglevel INFO",
             f"control: {celery} worker -Q control -c 1 -n control@%h --loglevel INFO",
         ]
