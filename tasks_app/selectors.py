@@ -17,6 +17,7 @@ from tasks_app.models import (
     ApiToken,
     AuditEvent,
     Heartbeat,
+    RunEvent,
     Schedule,
     ScheduleFiring,
     Task,
@@ -97,6 +98,7 @@ class FollowState:
     run_id: int | None  # the latest attempt's run
     attempt: int | None
     last_seq: int | None  # its last live-output chunk
+    last_event_seq: int | None = None  # its last timeline event
 
 
 def tasks_follow_state(*, task_ids: Iterable[Any]) -> dict[Any, FollowState]:
@@ -105,12 +107,13 @@ def tasks_follow_state(*, task_ids: Iterable[Any]) -> dict[Any, FollowState]:
     `last_seq` is there to read."""
     latest = TaskRun.objects.filter(task=OuterRef("pk")).order_by("-attempt")
     last_chunk = TaskLogChunk.objects.filter(run=OuterRef("latest_run_id")).order_by("-seq").values("seq")[:1]
+    last_event = RunEvent.objects.filter(run=OuterRef("latest_run_id")).order_by("-seq").values("seq")[:1]
     rows = (Task.objects.filter(pk__in=list(task_ids))
             .annotate(latest_run_id=Subquery(latest.values("pk")[:1]),
                       latest_attempt=Subquery(latest.values("attempt")[:1]))
-            .annotate(last_seq=Subquery(last_chunk))
-            .values_list("pk", "status", "latest_run_id", "latest_attempt", "last_seq"))
-    return {pk: FollowState(status, run_id, attempt, last_seq) for pk, status, run_id, attempt, last_seq in rows}
+            .annotate(last_seq=Subquery(last_chunk), last_event_seq=Subquery(last_event))
+            .values_list("pk", "status", "latest_run_id", "latest_attempt", "last_seq", "last_event_seq"))
+    return {row[0]: FollowState(*row[1:]) for row in rows}
 
 
 def runs_log_chunks(*, after: dict[int, int], limit: int) -> list[TaskLogChunk]:
@@ -121,6 +124,21 @@ def runs_log_chunks(*, after: dict[int, int], limit: int) -> list[TaskLogChunk]:
     for run_id, seq in after.items():
         wanted |= Q(run_id=run_id, seq__gte=seq)
     return list(TaskLogChunk.objects.filter(wanted).order_by("run_id", "seq")[:limit])
+
+
+def runs_events(*, after: dict[int, int], limit: int) -> list[RunEvent]:
+    """Timeline events of several runs at once, each from its own sequence number on; in (run, seq) order."""
+    if not after:
+        return []
+    wanted = Q()
+    for run_id, seq in after.items():
+        wanted |= Q(run_id=run_id, seq__gte=seq)
+    return list(RunEvent.objects.filter(wanted).order_by("run_id", "seq")[:limit])
+
+
+def run_events(*, run_id: int, after: int = 0, limit: int = 10_000) -> list[RunEvent]:
+    """One attempt's timeline from sequence number `after` on, in order."""
+    return list(RunEvent.objects.filter(run_id=run_id, seq__gte=after).order_by("seq")[:limit])
 
 
 def group_get(*, name: str) -> WorkerGroup | None:

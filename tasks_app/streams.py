@@ -1,5 +1,5 @@
-"""Live output streams (`GET /api/v1/tasks/{id}/logs/?follow=1`) as the stream process serves them (ASGI, docs/
-architecture.md "Live streams").
+"""Live streams (`GET /api/v1/tasks/{id}/logs/?follow=1` and `…/timeline/?follow=1`) as the stream process serves
+them (ASGI, docs/architecture.md "Live streams").
 
 * `StreamSlots`: how many streams this process holds, per token and in all; one more than a cap is a 429.
 * `LiveHub`: one poll of the database every SCHEDULER_SSE_POLL_SECONDS serves every follower of every task of
@@ -26,7 +26,7 @@ from typing import Any
 from django.db import DatabaseError, connection
 
 from tasks_app import selectors
-from tasks_app.logstream import SSE_KEEPALIVE, SSE_PREAMBLE, LogEvent, sse_event
+from tasks_app.logstream import FEEDS, LOGS, SSE_KEEPALIVE, SSE_PREAMBLE, TIMELINE, LogEvent, sse_event, timeline_event
 from tasks_app.models import TERMINAL_STATUSES
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ STREAM_SLOTS = StreamSlots()
 class Follower:
     task_id: Any
     after: int  # next sequence number this client needs of `run_id`
+    feed: str = LOGS  # live output, or the timeline
     run_id: int | None = None
     status: str = ""
     queue: asyncio.Queue[LogEvent | None] = field(default_factory=asyncio.Queue)  # None: the hub ended it
@@ -108,6 +109,7 @@ class _View:
     task_id: Any
     run_id: int | None
     after: int
+    feed: str = LOGS
 
 
 @dataclass
@@ -126,7 +128,7 @@ def _poll(views: list[_View], batch: int) -> tuple[list[tuple[Follower, _Update]
     the chunks, so a terminal status is only announced once everything written before it has been sent."""
     states = selectors.tasks_follow_state(task_ids={v.task_id for v in views})
     plans: list[tuple[_View, _Update]] = []
-    wanted: dict[int, int] = {}
+    wanted: dict[str, dict[int, int]] = {feed: {} for feed in FEEDS}
     for view in views:
         state = states.get(view.task_id)
         if state is None:  # the task is gone
@@ -138,26 +140,36 @@ def _poll(views: list[_View], batch: int) -> tuple[list[tuple[Follower, _Update]
                 update.after = 0
             update.run_id = state.run_id
             update.events.append(LogEvent("attempt", str(state.attempt)))
-        if update.run_id is not None and state.last_seq is not None and state.last_seq >= update.after:
-            wanted[update.run_id] = min(wanted.get(update.run_id, update.after), update.after)
+        last = _last_seq(state, view.feed)
+        if update.run_id is not None and last is not None and last >= update.after:
+            per_run = wanted[view.feed]
+            per_run[update.run_id] = min(per_run.get(update.run_id, update.after), update.after)
         plans.append((view, update))
-    chunks = selectors.runs_log_chunks(after=wanted, limit=batch)
-    by_run: dict[int, list[Any]] = defaultdict(list)
+    chunks = selectors.runs_log_chunks(after=wanted[LOGS], limit=batch)
+    events = selectors.runs_events(after=wanted[TIMELINE], limit=batch)
+    by_run: dict[tuple[str, int], list[LogEvent]] = defaultdict(list)
     for chunk in chunks:
-        by_run[chunk.run_id].append(chunk)
+        by_run[LOGS, chunk.run_id].append(LogEvent(chunk.stream, chunk.data, chunk.seq))
+    for event in events:
+        by_run[TIMELINE, event.run_id].append(timeline_event(event))
     for view, update in plans:
         if update.finished:
             continue
-        for chunk in by_run.get(update.run_id, ()):  # type: ignore[arg-type]
-            if chunk.seq >= update.after:
-                update.events.append(LogEvent(chunk.stream, chunk.data, chunk.seq))
-                update.after = chunk.seq + 1
+        for item in by_run.get((view.feed, update.run_id), ()):  # type: ignore[arg-type]
+            if item.seq is not None and item.seq >= update.after:
+                update.events.append(item)
+                update.after = item.seq + 1
         state = states[view.task_id]
-        drained = state.last_seq is None or update.run_id != state.run_id or update.after > state.last_seq
+        last = _last_seq(state, view.feed)
+        drained = last is None or update.run_id != state.run_id or update.after > last
         if state.status in TERMINAL_STATUSES and drained:
             update.events.append(LogEvent("end", state.status))
             update.finished = True
-    return [(view.follower, update) for view, update in plans], len(chunks) >= batch
+    return [(view.follower, update) for view, update in plans], len(chunks) >= batch or len(events) >= batch
+
+
+def _last_seq(state: selectors.FollowState, feed: str) -> int | None:
+    return state.last_event_seq if feed == TIMELINE else state.last_seq
 
 
 def _close_connection() -> None:
@@ -176,8 +188,8 @@ class LiveHub:
         # One thread, so the hub's one database connection lives there and polls never overlap.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-hub")
 
-    def subscribe(self, task_id: Any, *, after: int) -> Follower:
-        follower = Follower(task_id=task_id, after=after)
+    def subscribe(self, task_id: Any, *, after: int, feed: str = LOGS) -> Follower:
+        follower = Follower(task_id=task_id, after=after, feed=feed)
         self.followers.add(follower)
         self._joined.set()
         if self._poller is None or self._poller.done():
@@ -207,7 +219,7 @@ class LiveHub:
                     self._joined.clear()
                     await self._joined.wait()
             self._joined.clear()
-            views = [_View(f, f.task_id, f.run_id, f.after) for f in self.followers]
+            views = [_View(f, f.task_id, f.run_id, f.after, f.feed) for f in self.followers]
             full = False
             try:
                 updates, full = await loop.run_in_executor(self._executor, _poll, views, self.batch)
@@ -254,14 +266,14 @@ def hub(poll_seconds: float) -> LiveHub:
 
 # --- one client's stream --------------------------------------------------------------------------------
 async def event_stream(task_id: Any, *, after: int, slot: Slot, max_seconds: float, keepalive_seconds: float,
-                       poll_seconds: float) -> AsyncIterator[bytes]:
+                       poll_seconds: float, feed: str = LOGS) -> AsyncIterator[bytes]:
     """The bytes of one follow stream; releases `slot` however it ends (done, timed out, or cancelled because the
     client went away)."""
     follower: Follower | None = None
     live = hub(poll_seconds)
     try:
         yield SSE_PREAMBLE
-        follower = live.subscribe(task_id, after=after)
+        follower = live.subscribe(task_id, after=after, feed=feed)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_seconds
         while True:

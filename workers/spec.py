@@ -69,4 +69,9 @@ def execution_spec(ctx: RunContext) -> ExecutionSpec:
         secrets=tuple(v for v in ctx.credentials.values() if v),
         live_output_bytes=settings.SCHEDULER_LIVE_LOG_BYTES,
         sandbox=run_sandbox(ctx),
+        model=ctx.model,
+        idle_timeout_seconds=float(ctx.idle_timeout_seconds or 0),
+        max_cost_usd=ctx.max_cost_usd,
+        max_turns=ctx.max_turns,
+        prices={str(name): (float(p[0]), float(p[1])) for name, p in settings.SCHEDULER_PRICES.items()},
     )

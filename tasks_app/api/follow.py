@@ -13,6 +13,7 @@ from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from tasks_app.logstream import LOGS
 from tasks_app.models import ApiToken
 from tasks_app.streams import STREAM_SLOTS, event_stream
 
@@ -23,7 +24,7 @@ class TooManyStreams(APIException):
     wait = 10  # Retry-After: a stream usually lasts minutes; there is no exact time to give
 
 
-def follow_response(request: Request, *, task_id: Any, after: int) -> HttpResponseBase:
+def follow_response(request: Request, *, task_id: Any, after: int, feed: str = LOGS) -> HttpResponseBase:
     if not isinstance(request._request, ASGIRequest):
         return _served_elsewhere(request)
     client = f"token:{request.auth.pk}" if isinstance(request.auth, ApiToken) else f"user:{request.user.pk}"
@@ -37,6 +38,7 @@ def follow_response(request: Request, *, task_id: Any, after: int) -> HttpRespon
     stream = slot.bind(event_stream(
         task_id, after=after, slot=slot, max_seconds=settings.SCHEDULER_SSE_MAX_SECONDS,
         keepalive_seconds=settings.SCHEDULER_SSE_KEEPALIVE_SECONDS, poll_seconds=settings.SCHEDULER_SSE_POLL_SECONDS,
+        feed=feed,
     ))
     response = StreamingHttpResponse(stream, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from executors.base import EventKind
 from tasks_app import selectors, timing
 from tasks_app.models import (
     GROUP_HEALTH,
@@ -59,6 +60,13 @@ class TaskCreateSerializer(serializers.Serializer):
     idempotency_key = StrictCharField(required=False, allow_null=True, default=None, max_length=200)
     worker_group = StrictCharField(required=False, allow_null=True, default=None, max_length=100)
     metadata = serializers.DictField(required=False, default=dict)
+    max_cost_usd = serializers.FloatField(required=False, allow_null=True, default=None,
+                                          help_text="Stop an attempt once its spend crosses this (budget_exceeded).")
+    max_turns = serializers.IntegerField(required=False, allow_null=True, default=None)
+    idle_timeout_seconds = serializers.IntegerField(
+        required=False, allow_null=True, default=None,
+        help_text="No event and no output for this long kills the attempt as stalled (default "
+                  "SCHEDULER_IDLE_TIMEOUT).")
 
     def to_spec(self) -> TaskSpec:
         data = self.validated_data
@@ -71,7 +79,8 @@ class TaskCreateSerializer(serializers.Serializer):
             output_files=list(data["output_files"]), priority=data["priority"], scheduled_at=data["scheduled_at"],
             max_attempts=data["max_attempts"], timeout_seconds=data["timeout_seconds"],
             idempotency_key=data["idempotency_key"], worker_group=data["worker_group"],
-            metadata=dict(data["metadata"]),
+            metadata=dict(data["metadata"]), max_cost_usd=data["max_cost_usd"], max_turns=data["max_turns"],
+            idle_timeout_seconds=data["idle_timeout_seconds"],
         )
 
 
@@ -84,6 +93,7 @@ class TaskRunSerializer(serializers.ModelSerializer):
         fields = [
             "id", "attempt", "status", "worker_group", "worker", "started_at", "finished_at", "exit_code",
             "failure_kind", "error_message", "retry_after_seconds", "input_tokens", "output_tokens", "cost_usd",
+            "cost_is_estimate", "turns", "session_id",
             "latency_ms", "command", "sandbox", "stdout", "stdout_truncated", "stderr", "stderr_truncated",
         ]
         read_only_fields = fields
@@ -125,15 +135,34 @@ class TaskLogSerializer(serializers.Serializer):
     stderr = serializers.CharField(allow_blank=True)
 
 
+class TimelineEventSerializer(serializers.Serializer):
+    seq = serializers.IntegerField()
+    kind = serializers.ChoiceField(choices=[k.value for k in EventKind])
+    at = serializers.DateTimeField()
+    data = serializers.DictField()
+
+
+class TimelineSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(allow_null=True)
+    finished = serializers.BooleanField()
+    session_id = serializers.CharField(allow_blank=True)
+    cost_usd = serializers.FloatField(allow_null=True)
+    cost_is_estimate = serializers.BooleanField()
+    events = TimelineEventSerializer(many=True)
+    next_after = serializers.IntegerField()
+
+
 class TaskSerializer(serializers.ModelSerializer):
     worker_group = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    max_cost_usd = serializers.FloatField(read_only=True, allow_null=True)
 
     class Meta:
         model = Task
         fields = [
             "id", "tenant", "created_by", "tool", "model", "prompt", "output_files", "priority", "status",
             "scheduled_at", "worker_group", "attempt", "max_attempts", "next_attempt_at", "timeout_seconds",
-            "idempotency_key", "result", "error_message", "started_at", "finished_at", "metadata", "created_at",
+            "idle_timeout_seconds", "max_cost_usd", "max_turns", "idempotency_key", "result", "error_message",
+            "started_at", "finished_at", "metadata", "created_at",
             "updated_at",
         ]
         read_only_fields = fields

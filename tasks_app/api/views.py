@@ -38,10 +38,12 @@ from tasks_app.api.serializers import (
     TaskLogSerializer,
     TaskRunSerializer,
     TaskSerializer,
+    TimelineSerializer,
     WorkerGroupSerializer,
     WorkerGroupUpdateSerializer,
     WorkerSerializer,
 )
+from tasks_app.logstream import TIMELINE, timeline_dict
 from tasks_app.models import EventSource, Schedule, Task, TaskStatus
 from tasks_app.services.accounts import user_tenant
 from tasks_app.services.groups import group_create, group_pause, group_resume, group_update
@@ -186,6 +188,47 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
             "next_after": chunks[-1].seq + 1 if chunks else after,
             "stdout": run.stdout if run and run.finished_at else "",
             "stderr": run.stderr if run and run.finished_at else "",
+        }).data)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("follow", bool, description="Stream as server-sent events (one per RunEvent) until the "
+                                                         "task ends."),
+            OpenApiParameter("after", int, description="From this sequence number on (SSE Last-Event-ID + 1)."),
+        ],
+        responses={(200, "application/json"): TimelineSerializer, (200, "text/event-stream"): OpenApiTypes.STR,
+                   307: OpenApiResponse(description="follow=1 on the WSGI web process: the stream process's URL"),
+                   421: OpenApiResponse(description="follow=1 on the WSGI web process, SCHEDULER_STREAM_URL unset"),
+                   429: OpenApiResponse(description="follow=1 beyond the per-token or the global stream cap")},
+        description="What the agent does in the latest attempt, read from its CLI's stream: message, tool_call, "
+                    "tool_result, usage, rate_limit, error, result (SPEC §8 RunEvent). `follow=1` streams it as "
+                    "server-sent events (each event's data: its JSON object; attempt, end and timeout as for logs) "
+                    "from the stream process.",
+    )
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[],
+            renderer_classes=[*api_settings.DEFAULT_RENDERER_CLASSES, EventStreamRenderer])
+    def timeline(self, request: Request, pk: str | None = None) -> HttpResponseBase:
+        task = self.get_object()
+        params = LogQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        after = params.validated_data["after"]
+        last_event_id = request.headers.get("Last-Event-ID", "")
+        if last_event_id.isdigit():
+            after = int(last_event_id) + 1
+        if params.validated_data["follow"]:
+            return follow_response(request, task_id=task.pk, after=after, feed=TIMELINE)
+        if isinstance(request.accepted_renderer, EventStreamRenderer):
+            raise NotAcceptable("text/event-stream is served with follow=1 only; without it the answer is JSON.")
+        run = selectors.task_latest_run(task_id=task.pk)
+        events = selectors.run_events(run_id=run.pk, after=after) if run else []
+        return Response(TimelineSerializer({
+            "attempt": run.attempt if run else None,
+            "finished": bool(run and run.finished_at),
+            "session_id": run.session_id if run else "",
+            "cost_usd": float(run.cost_usd) if run and run.cost_usd is not None else None,
+            "cost_is_estimate": bool(run and run.cost_is_estimate),
+            "events": [timeline_dict(e) for e in events],
+            "next_after": events[-1].seq + 1 if events else after,
         }).data)
 
     @extend_schema(responses={(200, "*/*"): OpenApiTypes.BINARY},

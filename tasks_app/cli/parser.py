@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", help="not before: ISO 8601 time, or +30s / +10m / +2h")
     p.add_argument("--timeout", type=int, help="seconds")
     p.add_argument("--max-attempts", type=int, default=3)
+    p.add_argument("--max-cost", type=float, metavar="USD", help="stop an attempt once it has spent this much")
+    p.add_argument("--max-turns", type=int, help="stop an attempt after this many agent turns")
+    p.add_argument("--idle-timeout", type=int, metavar="SECONDS",
+                   help="kill an attempt silent this long (default SCHEDULER_IDLE_TIMEOUT)")
     p.add_argument("--wait", action="store_true", help="wait until the task finishes")
     p.add_argument("--wait-timeout", type=float, default=None, help="give up waiting after S seconds")
 

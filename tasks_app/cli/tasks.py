@@ -44,7 +44,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         tool=args.tool, prompt=prompt, model=args.model, input_files=inputs, output_files=args.output,
         priority=args.priority, scheduled_at=parse_time(args.at) if args.at else None,
         max_attempts=args.max_attempts, timeout_seconds=args.timeout, idempotency_key=args.idempotency_key,
-        worker_group=args.group,
+        worker_group=args.group, max_cost_usd=args.max_cost, max_turns=args.max_turns,
+        idle_timeout_seconds=args.idle_timeout,
     )
     task, created = task_create(spec=spec, tenant=args.tenant, created_by=args.actor, source=EventSource.CLI)
     if args.wait:

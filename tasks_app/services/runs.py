@@ -11,7 +11,7 @@ import logging
 import random
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -19,7 +19,15 @@ from django.db import transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from executors.base import ACCOUNT_FAILURES, RETRYABLE_FAILURES, Control, ExecutionResult, FailureKind
+from executors.base import (
+    ACCOUNT_FAILURES,
+    RETRYABLE_FAILURES,
+    Control,
+    EventKind,
+    ExecutionResult,
+    FailureKind,
+    RunEvent,
+)
 from tasks_app.crypto import CredentialsUnreadable
 from tasks_app.models import (
     ACTIVE_STATUSES,
@@ -31,7 +39,8 @@ from tasks_app.models import (
     TaskStatus,
     WorkerGroup,
 )
-from tasks_app.sanitize import Sanitiser, storable_text
+from tasks_app.models import RunEvent as RunEventRow
+from tasks_app.sanitize import Sanitiser, storable_json, storable_text
 from tasks_app.services.enqueue import enqueue_dispatch
 from tasks_app.services.groups import group_quarantine_locked, undecryptable_reason
 from tasks_app.services.tasks import stored_file
@@ -59,6 +68,9 @@ class RunContext:
     input_files: list[tuple[str, bytes]]
     output_patterns: list[str]
     timeout_seconds: int
+    idle_timeout_seconds: int = 0
+    max_cost_usd: float | None = None
+    max_turns: int | None = None
 
 
 def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: str = "",
@@ -110,6 +122,10 @@ def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: st
         credentials=credentials, extra_args=list(group.extra_args or []),
         allow_dangerous_flags=group.allow_dangerous_flags, input_files=inputs,
         output_patterns=list(task.output_files or []), timeout_seconds=task.timeout_seconds,
+        idle_timeout_seconds=(task.idle_timeout_seconds if task.idle_timeout_seconds is not None
+                              else settings.SCHEDULER_IDLE_TIMEOUT),
+        max_cost_usd=float(task.max_cost_usd) if task.max_cost_usd is not None else None,
+        max_turns=task.max_turns,
     )
 
 
@@ -133,11 +149,42 @@ def run_log_append(*, run_id: int, chunks: list[tuple[str, str]], first_seq: int
     return first_seq + len(rows)
 
 
+# Kept past SCHEDULER_RUN_EVENTS_MAX: what says how the run ends or why it stops, never the chatter.
+_ALWAYS_KEPT = frozenset({EventKind.RESULT, EventKind.ERROR, EventKind.RATE_LIMIT})
+
+
+def run_events_append(*, run_id: int, events: list[RunEvent], first_seq: int) -> int:
+    """Store a batch of a running attempt's timeline and carry its running usage onto the TaskRun (cost so far
+    counts toward the account's budget while the run is in flight). Returns the next sequence number. At most
+    SCHEDULER_RUN_EVENTS_MAX events per run; beyond it only result, error and rate_limit events are kept."""
+    room = max(0, settings.SCHEDULER_RUN_EVENTS_MAX - first_seq)
+    rows: list[RunEvent] = []
+    for event in events:
+        if len(rows) >= room and event.kind not in _ALWAYS_KEPT:
+            continue
+        data, _ = storable_json(event.data)
+        rows.append(RunEventRow(run_id=run_id, seq=first_seq + len(rows), kind=str(event.kind), data=data,
+                                created_at=datetime.fromtimestamp(event.at, tz=UTC)))
+    RunEventRow.objects.bulk_create(rows)
+    usage = next((e.data for e in reversed(events) if e.kind == EventKind.USAGE), None)
+    if usage is not None:
+        fields = {name: usage[key] for name, key in (("input_tokens", "input_tokens"),
+                                                      ("output_tokens", "output_tokens"), ("turns", "turns"))
+                  if isinstance(usage.get(key), int)}
+        if isinstance(usage.get("cost_usd"), int | float):
+            fields["cost_usd"] = round(float(usage["cost_usd"]), 6)
+            fields["cost_is_estimate"] = bool(usage.get("estimate"))
+        if fields:
+            TaskRun.objects.filter(pk=run_id, status=TaskRun.Status.RUNNING).update(**fields)
+    return first_seq + len(rows)
+
+
 def run_logs_prune(*, now: datetime | None = None) -> int:
-    """Drop live chunks of runs that finished long ago (their TaskRun keeps the truncated copy)."""
+    """Drop live chunks and timeline events of runs that finished long ago (their TaskRun keeps the result)."""
     cutoff = (now or timezone.now()) - timedelta(hours=settings.SCHEDULER_LIVE_LOG_RETENTION_HOURS)
     deleted, _ = TaskLogChunk.objects.filter(run__finished_at__lt=cutoff).delete()
-    return deleted
+    events, _ = RunEventRow.objects.filter(run__finished_at__lt=cutoff).delete()
+    return deleted + events
 
 
 def run_check(*, task_id: Any, lease_token: Any) -> Control:
@@ -187,6 +234,9 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
         run.retry_after_seconds = result.retry_after_seconds
         run.input_tokens, run.output_tokens = result.input_tokens, result.output_tokens
         run.cost_usd = result.cost_usd
+        run.cost_is_estimate = result.cost_is_estimate
+        run.turns = result.turns
+        run.session_id = result.session_id[:200]
         run.latency_ms = result.latency_ms
         run.command = result.command
         run.notes = notes
@@ -198,6 +248,8 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
             "input_tokens": result.input_tokens,
             "output_tokens": result.output_tokens,
             "cost_usd": result.cost_usd,
+            **({"cost_is_estimate": True} if result.cost_is_estimate else {}),
+            **({"session_id": result.session_id} if result.session_id else {}),
             "latency_ms": result.latency_ms,
             "outputs": [f.path for f in result.outputs],
             **({"output_errors": result.output_errors} if result.output_errors else {}),
@@ -268,6 +320,17 @@ def _end_canceled(task: Task, run: TaskRun, *, message: str, actor: str, now: da
     )
 
 
+def _retryable(task: Task, run: TaskRun, kind: str) -> bool:
+    """Another attempt? Retryable kinds while attempts are left; a stall once (a second stall in a row says the
+    job hangs, not the box); a budget crossed, never."""
+    if task.attempts_left <= 0:
+        return False
+    if kind == FailureKind.STALLED:
+        previous = TaskRun.objects.filter(task=task, attempt__lt=run.attempt).order_by("-attempt").first()
+        return previous is None or previous.failure_kind != FailureKind.STALLED
+    return kind in RETRYABLE_FAILURES
+
+
 def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_after: float | None, actor: str,
                     now: datetime, summary: dict[str, Any] | None = None) -> None:
     """Retry with backoff (retryable kinds, attempts left) or fail. `task` is locked by the caller."""
@@ -301,7 +364,7 @@ def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_
                      "worker_group": None, **_lease_cleared()},
         )
         return
-    if kind in RETRYABLE_FAILURES and task.attempts_left > 0:
+    if _retryable(task, run, kind):
         # The reset time belongs to the account: an unpinned task may run elsewhere sooner (the limited group
         # takes nothing until its reset); a pinned one has to wait for it.
         wait_for_reset = retry_after if task.worker_group_pinned else None
@@ -320,7 +383,8 @@ def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_
             },
         )
         return
-    why = "no attempts left" if kind in RETRYABLE_FAILURES else "not retryable"
+    why = "no attempts left" if kind in RETRYABLE_FAILURES else (
+        "stalled twice" if kind == FailureKind.STALLED else "not retryable")
     task_transition(
         locked=task, to=TaskStatus.FAILED, source=EventSource.WORKER if actor else EventSource.SYSTEM,
         actor=actor, reason=f"attempt {run.attempt} failed ({kind}, {why}): {message}"[:1000], data=data,

@@ -60,6 +60,10 @@ class TaskSpec:
     idempotency_key: str | None = None
     worker_group: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Agent-aware limits (issue 16): None means none (idle: SCHEDULER_IDLE_TIMEOUT).
+    max_cost_usd: float | None = None
+    max_turns: int | None = None
+    idle_timeout_seconds: int | None = None
 
     def fingerprint(self) -> str:
         body = {
@@ -74,6 +78,9 @@ class TaskSpec:
             "timeout_seconds": self.timeout_seconds,
             "worker_group": self.worker_group,
             "metadata": self.metadata,
+            **{name: value for name, value in (("max_cost_usd", self.max_cost_usd), ("max_turns", self.max_turns),
+                                               ("idle_timeout_seconds", self.idle_timeout_seconds))
+               if value is not None},
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -145,6 +152,21 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
     ):
         errors["idempotency_key"] = ["must be a string of 1 to 200 characters"]
     check(lambda: validation.json_object(spec.metadata, field="metadata"))
+    if spec.max_cost_usd is not None and (
+        not isinstance(spec.max_cost_usd, int | float) or isinstance(spec.max_cost_usd, bool)
+        or not 0 < spec.max_cost_usd <= 100_000
+    ):
+        errors["max_cost_usd"] = ["must be a number of US dollars above 0 and at most 100000"]
+    if spec.max_turns is not None and (
+        not isinstance(spec.max_turns, int) or isinstance(spec.max_turns, bool) or not 1 <= spec.max_turns <= 10_000
+    ):
+        errors["max_turns"] = ["must be an integer from 1 to 10000"]
+    if spec.idle_timeout_seconds is not None and (
+        not isinstance(spec.idle_timeout_seconds, int) or isinstance(spec.idle_timeout_seconds, bool)
+        or not 10 <= spec.idle_timeout_seconds <= settings.SCHEDULER_MAX_TIMEOUT
+    ):
+        errors["idle_timeout_seconds"] = [
+            f"must be an integer from 10 to {settings.SCHEDULER_MAX_TIMEOUT} (seconds with no event and no output)"]
 
     outputs: list[str] = []
     if not isinstance(spec.output_files, list):
@@ -205,6 +227,9 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
         idempotency_key=spec.idempotency_key,
         worker_group=spec.worker_group,
         metadata=spec.metadata,
+        max_cost_usd=float(spec.max_cost_usd) if spec.max_cost_usd is not None else None,
+        max_turns=spec.max_turns,
+        idle_timeout_seconds=spec.idle_timeout_seconds,
     )
     return cleaned, group
 
@@ -247,6 +272,9 @@ def task_create(
                 worker_group_pinned=group is not None,
                 max_attempts=spec.max_attempts,
                 timeout_seconds=spec.timeout_seconds,
+                idle_timeout_seconds=spec.idle_timeout_seconds,
+                max_cost_usd=spec.max_cost_usd,
+                max_turns=spec.max_turns,
                 idempotency_key=spec.idempotency_key,
                 request_fingerprint=fingerprint,
                 metadata=spec.metadata,
