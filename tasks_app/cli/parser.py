@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("logs", "stdout/stderr of the latest run")):
         p = sub.add_parser(name, help=text)
         p.add_argument("id")
-    p.add_argument("--follow", "-f", action="store_true", help="stream new output until the task ends")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="follow the run live until the task ends: its timeline (what the agent does, spend so far)")
+    p.add_argument("--raw", action="store_true", help="with --follow: the CLI's own stdout/stderr instead")
     p.add_argument("--max-seconds", type=float, default=24 * 3600, help=argparse.SUPPRESS)
     p = sub.add_parser("files", help="a task's input and output files")
     p.add_argument("id")

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +118,12 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     task = _find_task(args.id, tenant=args.tenant)
     if args.follow:
-        for event in logstream.follow(task.pk, max_seconds=args.max_seconds):
+        feed = logstream.LOGS if args.raw else logstream.TIMELINE
+        for event in logstream.follow(task.pk, max_seconds=args.max_seconds, feed=feed):
             if args.json:
                 print(json.dumps({"event": event.kind, "data": event.data, "seq": event.seq}), flush=True)
+            elif event.kind not in ("stdout", "stderr", "attempt", "end", "timeout"):
+                print(timeline_line(json.loads(event.data)), flush=True)
             elif event.kind in ("stdout", "stderr"):
                 stream = sys.stdout if event.kind == "stdout" else sys.stderr
                 stream.write(event.data)
@@ -145,6 +149,36 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     emit(args, data, render)
     return 0
+
+
+def timeline_line(event: dict[str, Any]) -> str:
+    """One RunEvent as a line for people: time, kind, tool, summary, running cost."""
+    data, kind = event["data"], event["kind"]
+    at = event["at"][11:19]
+    if kind == "tool_call":
+        text = f"{data.get('tool', '?')}  {data.get('summary', '')}"
+    elif kind == "tool_result":
+        text = f"{data.get('tool', '')} {'ok' if data.get('ok') else 'error'} ({data.get('size', 0)} bytes)".strip()
+    elif kind == "usage":
+        cost = data.get("cost_usd")
+        spent = f"${cost:.4f}{' (estimate)' if data.get('estimate') else ''}" if isinstance(cost, int | float) else ""
+        text = (f"turn {data.get('turns', '?')}  in {data.get('input_tokens', 0)} / out "
+                f"{data.get('output_tokens', 0)} tokens  {spent}").rstrip()
+    elif kind == "rate_limit":
+        resets = data.get("resets_at")
+        when = f" (resets {datetime.fromtimestamp(resets, UTC):%Y-%m-%d %H:%M} UTC)" if isinstance(
+            resets, int | float) else ""
+        text = f"{data.get('message', '')}{when}"
+    elif kind == "result":
+        text = f"{'ok' if data.get('ok') else 'failed'}  {_first_line(data.get('text', ''))}"
+    else:  # message, error
+        text = _first_line(data.get("text") or data.get("message") or "")
+    return f"{at}  {kind:<11}  {text}"
+
+
+def _first_line(value: object, width: int = 160) -> str:
+    line = str(value).strip().splitlines()[0] if str(value).strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def cmd_files(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ def test_output_is_visible_while_running_over_sse_and_the_cli(workers: WorkerPro
                message="live output to be stored")
     assert Task.objects.get(pk=task.pk).status == "running"
     follower = subprocess.Popen(
-        [str(Path(sys.executable).parent / "schedulerctl"), "logs", str(task.pk), "--follow"], cwd=ROOT,
+        [str(Path(sys.executable).parent / "schedulerctl"), "logs", str(task.pk), "--follow", "--raw"], cwd=ROOT,
         env=workers.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     request = urllib.request.Request(f"{stream}/api/v1/tasks/{task.pk}/logs/?follow=1",

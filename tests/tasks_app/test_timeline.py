@@ -233,3 +233,29 @@ def test_limits_through_the_api_and_schedulerctl(capsys) -> None:
     task = Task.objects.get(tool="gemini")
     assert (float(task.max_cost_usd), task.max_turns, task.idle_timeout_seconds) == (0.75, 4, 120)
     assert json.loads(capsys.readouterr().out)["max_cost_usd"] == 0.75
+
+
+def test_schedulerctl_follows_a_readable_timeline(capsys) -> None:
+    task, run = _running_run(tenant="default")
+    run_events_append(run_id=run.pk, first_seq=0, events=[
+        _event(EventKind.MESSAGE, text="Looking at the failing test\nmore"),
+        _event(EventKind.TOOL_CALL, tool="Bash", summary="pytest -q tests/test_app.py", id="1"),
+        _event(EventKind.TOOL_RESULT, tool="Bash", id="1", ok=False, size=2048),
+        _event(EventKind.USAGE, input_tokens=1500, output_tokens=220, cost_usd=0.0421, turns=2, estimate=True),
+        _event(EventKind.RATE_LIMIT, message="usage limit", resets_at=1_800_000_000),
+        _event(EventKind.RESULT, ok=True, text="Fixed the test")])
+    task_transition(task_id=task.pk, to=TaskStatus.SUCCEEDED, source="worker", actor="t")
+
+    assert ctl(["logs", str(task.pk), "--follow"]) == 0
+
+    out = capsys.readouterr()
+    lines = [line.split("  ", 1)[1].strip() for line in out.out.splitlines()]
+    assert lines == [
+        "message      Looking at the failing test",
+        "tool_call    Bash  pytest -q tests/test_app.py",
+        "tool_result  Bash error (2048 bytes)",
+        "usage        turn 2  in 1500 / out 220 tokens  $0.0421 (estimate)",
+        "rate_limit   usage limit (resets 2027-01-15 08:00 UTC)",
+        "result       ok  Fixed the test",
+    ]
+    assert "--- attempt 1 ---" in out.err and "--- task succeeded ---" in out.err
