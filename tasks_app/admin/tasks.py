@@ -19,6 +19,7 @@ from django.utils.safestring import SafeString
 
 from tasks_app import selectors
 from tasks_app.admin.common import ReadOnlyAdminMixin, _download_link, _pre, _report
+from tasks_app.logstream import timeline_dict
 from tasks_app.models import FAILURE_KIND_CHOICES, EventSource, Task, TaskEvent, TaskFile, TaskRun, TaskStatus
 from tasks_app.services.tasks import TaskStateError, task_cancel, task_retry
 from tasks_app.transitions import InvalidTransition
@@ -146,8 +147,29 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             self.admin_site.admin_view(self.live_log_view),
             name="tasks_app_task_live_log",
         )
+        live_timeline = path(
+            "<uuid:task_id>/live-timeline/",
+            self.admin_site.admin_view(self.live_timeline_view),
+            name="tasks_app_task_live_timeline",
+        )
         # Before the defaults: their "<path:object_id>/" pattern would swallow these URLs.
-        return [download, live_log, *super().get_urls()]
+        return [download, live_log, live_timeline, *super().get_urls()]
+
+    def live_timeline_view(self, request: HttpRequest, task_id: Any) -> JsonResponse:
+        """Timeline events of the latest attempt after `?after=SEQ`, for the task page's timeline panel."""
+        task = get_object_or_404(Task, pk=task_id)
+        if not self.has_view_permission(request, task):
+            raise Http404("no such task")
+        after = request.GET.get("after", "0")
+        after_seq = int(after) if after.isdigit() and len(after) < 10 else 0
+        run = selectors.task_latest_run(task_id=task.pk)
+        events = selectors.run_events(run_id=run.pk, after=after_seq) if run else []
+        return JsonResponse({
+            "status": task.status,
+            "terminal": task.is_terminal,
+            "attempt": run.attempt if run else None,
+            "events": [timeline_dict(e) for e in events],
+        })
 
     def live_log_view(self, request: HttpRequest, task_id: Any) -> JsonResponse:
         """New output of the latest attempt after `?after=SEQ`, for the task page's live panel."""

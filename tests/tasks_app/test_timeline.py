@@ -259,3 +259,19 @@ def test_schedulerctl_follows_a_readable_timeline(capsys) -> None:
         "result       ok  Fixed the test",
     ]
     assert "--- attempt 1 ---" in out.err and "--- task succeeded ---" in out.err
+
+
+def test_the_admin_task_page_has_a_live_timeline(admin_client) -> None:
+    task, run = _running_run()
+    run_events_append(run_id=run.pk, first_seq=0, events=[
+        _event(EventKind.TOOL_CALL, tool="Write", summary="<script>alert(1)</script>.py", id="1")])
+
+    page = admin_client.get(f"/admin/tasks_app/task/{task.pk}/change/").content.decode()
+    body = admin_client.get(f"/admin/tasks_app/task/{task.pk}/live-timeline/?after=0").json()
+
+    assert 'id="timeline"' in page and f"/api/v1/tasks/{task.pk}/timeline/?follow=1" in page
+    assert "<script>alert(1)</script>" not in page  # event text is only ever set with textContent
+    assert (body["attempt"], body["terminal"]) == (1, False)
+    assert [(e["seq"], e["kind"], e["data"]["summary"]) for e in body["events"]] == [
+        (0, "tool_call", "<script>alert(1)</script>.py")]
+    assert admin_client.get(f"/admin/tasks_app/task/{task.pk}/live-timeline/?after=1").json()["events"] == []
