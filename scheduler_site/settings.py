@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import json
 import sys
 from pathlib import Path
 
@@ -331,7 +332,16 @@ SCHEDULER_LIVE_LOG_BYTES = env.int("SCHEDULER_LIVE_LOG_BYTES", default=1024 * 10
 # report tokens but no cost (model name or prefix -> [USD per million input tokens, per million output tokens]).
 SCHEDULER_RUN_EVENTS_MAX = env.int("SCHEDULER_RUN_EVENTS_MAX", default=2000)
 SCHEDULER_IDLE_TIMEOUT = env.int("SCHEDULER_IDLE_TIMEOUT", default=900)
-SCHEDULER_PRICES = env.json("SCHEDULER_PRICES", default={})
+try:
+    SCHEDULER_PRICES = json.loads(env.str("SCHEDULER_PRICES", default="{}"))
+except ValueError:
+    SCHEDULER_PRICES = None
+if not isinstance(SCHEDULER_PRICES, dict) or not all(
+    isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, int | float) for x in v)
+    for v in SCHEDULER_PRICES.values()
+):
+    sys.exit('error: SCHEDULER_PRICES must be a JSON object of model name -> [USD per million input tokens, USD per '
+             'million output tokens], e.g. {"gpt-5": [1.25, 10]}')
 SCHEDULER_BUDGET_WARN_FRACTION = env.float("SCHEDULER_BUDGET_WARN_FRACTION", default=0.8)
 SCHEDULER_LIVE_LOG_RETENTION_HOURS = env.float("SCHEDULER_LIVE_LOG_RETENTION_HOURS", default=24.0)
 # Live streams (`?follow=1`) are served by the stream process (Procfile `stream`, an ASGI server), never by the WSGI

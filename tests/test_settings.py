@@ -159,3 +159,12 @@ def test_behind_a_tls_proxy_the_forwarded_scheme_is_trusted_only_when_configured
     assert untrusted.status_code == 301
     assert trusted.status_code == 200
     assert trusted["Strict-Transport-Security"].startswith("max-age=31536000")
+
+
+@pytest.mark.parametrize("prices", ['{"gpt-5": 1.25}', '["gpt-5"]', '{"gpt-5": [1, "x"]}', "not json"])
+def test_a_malformed_price_table_is_refused_at_start_in_one_line(tmp_path: Path, prices: str) -> None:
+    done = subprocess.run([sys.executable, "-c", PRINT_KEY], env=_env(tmp_path, SCHEDULER_PRICES=prices), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+    assert done.returncode != 0
+    assert "SCHEDULER_PRICES" in done.stderr.strip().splitlines()[-1]
