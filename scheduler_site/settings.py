@@ -6,9 +6,9 @@ SQLite and a file-system Celery transport under ``var/``, good for one box and f
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
-import json
 import sys
 from pathlib import Path
 
