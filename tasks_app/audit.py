@@ -11,8 +11,10 @@ import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
 
 from tasks_app.models import AuditEvent, EventSource
 
@@ -45,13 +47,14 @@ def command_line_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def audit(action: str, object_type: str, object_id: object, changed: Iterable[str] = ()) -> AuditEvent:
+def audit(action: str, object_type: str, object_id: object, changed: Iterable[str] = (), *,
+          at: datetime | None = None) -> AuditEvent:
     """Record one configuration change (field names only, never values); call it inside the change's
-    transaction, so the change and its record commit together."""
+    transaction, so the change and its record commit together. `at`: the moment it is about (default now)."""
     actor = _current.get()
     return AuditEvent.objects.create(actor=actor.name()[:150], source=actor.source, action=action,
                                      object_type=object_type, object_id=str(object_id)[:200],
-                                     changed=sorted(set(changed)))
+                                     changed=sorted(set(changed)), created_at=at or timezone.now())
 
 
 class AuditMiddleware:

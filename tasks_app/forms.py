@@ -70,7 +70,8 @@ class WorkerGroupForm(forms.ModelForm):
     class Meta:
         model = WorkerGroup
         fields = ["tool", "account", "max_concurrent", "enabled", "env", "allow_dangerous_flags",
-                  "extra_args"]
+                  "extra_args", "daily_budget_usd", "monthly_budget_usd"]
+        labels = {"daily_budget_usd": "Daily budget (USD)", "monthly_budget_usd": "Monthly budget (USD)"}
 
     user: Any = None  # the acting staff user: the admin sets it (WorkerGroupAdmin.get_form)
 
@@ -132,6 +133,8 @@ class WorkerGroupForm(forms.ModelForm):
             "env": data.get("env") or {},
             "allow_dangerous_flags": data["allow_dangerous_flags"],
             "extra_args": data.get("extra_args") or [],
+            "daily_budget_usd": data.get("daily_budget_usd"),  # empty: no budget
+            "monthly_budget_usd": data.get("monthly_budget_usd"),
         }
         if self.instance.pk is None:
             return group_create(tool=data["tool"], account=data["account"], credentials=self._credentials_set(),

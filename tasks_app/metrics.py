@@ -16,9 +16,11 @@ from django.core.cache import cache
 from django.db.models import Count, F, Q, Sum
 from django.db.models.fields.json import KeyTextTransform
 from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from tasks_app.budgets import DAILY, MONTHLY, GroupSpend
 from tasks_app.models import ACTIVE_STATUSES, Task, TaskEvent, TaskRun, TaskStatus, WorkerGroup
 
 DURATION_BUCKETS_SECONDS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
@@ -51,13 +53,27 @@ class SchedulerCollector:
         limited = GaugeMetricFamily("cli_scheduler_group_rate_limited_until_seconds",
                                     "Unix time until which the group is rate-limited (0: not limited).",
                                     labels=["worker_group", "tool"])
-        for group in WorkerGroup.objects.annotate(n=Count("tasks", filter=Q(tasks__status__in=ACTIVE_STATUSES))):
+        spend = GaugeMetricFamily("cli_scheduler_group_spend_usd",
+                                  "Cost of the group's runs started in the current UTC day or month (window), runs in "
+                                  "flight with their cost so far: what its budgets count.",
+                                  labels=["worker_group", "tool", "window"])
+        budget = GaugeMetricFamily("cli_scheduler_group_budget_usd",
+                                   "The group's daily or monthly budget (window); absent when it has none.",
+                                   labels=["worker_group", "tool", "window"])
+        groups = list(WorkerGroup.objects.annotate(n=Count("tasks", filter=Q(tasks__status__in=ACTIVE_STATUSES))))
+        spent = TaskRun.objects.spend_by_group(group_ids=[group.pk for group in groups], now=timezone.now())
+        for group in groups:
             labels = [group.name, group.tool]
             running.add_metric(labels, group.n)
             capacity.add_metric(labels, group.max_concurrent)
             enabled.add_metric(labels, 1 if group.enabled else 0)
             limited.add_metric(labels, group.rate_limited_until.timestamp() if group.rate_limited_until else 0)
-        yield from (running, capacity, enabled, limited)
+            group_spend = spent.get(group.pk, GroupSpend())
+            for window in (DAILY, MONTHLY):
+                spend.add_metric([*labels, window], float(group_spend.of(window)))
+                if group.budget(window) is not None:
+                    budget.add_metric([*labels, window], float(group.budget(window)))
+        yield from (running, capacity, enabled, limited, spend, budget)
 
         duration = HistogramMetricFamily("cli_scheduler_run_duration_seconds", "CLI run time per tool.",
                                          labels=["tool"])

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import Q, Sum
 from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.functional import cached_property
 
 from executors.base import EventKind, FailureKind
 from tasks_app import crypto
+from tasks_app.budgets import BUDGET_FIELDS, GroupSpend, day_window, month_window
 
 
 class Tool(models.TextChoices):
@@ -105,16 +107,38 @@ class WorkerGroup(models.Model):
         (`selectors.groups_attach_live_workers`); on its own a group asks the database."""
         return sum(1 for queues in Worker.objects.live().values_list("queues", flat=True) if self.name in queues)
 
+    @cached_property
+    def spend(self) -> GroupSpend:
+        """What its runs started in the current UTC day and month cost so far. The dispatcher and the list views set
+        it for every group from one query (`TaskRun.objects.spend_by_group`); on its own a group asks the database."""
+        return TaskRun.objects.spend_by_group(group_ids=[self.pk], now=timezone.now()).get(self.pk, GroupSpend())
+
+    def budget(self, kind: str) -> Decimal | None:
+        """The daily or monthly budget (`tasks_app.budgets.DAILY` / `MONTHLY`); None: no budget."""
+        return getattr(self, BUDGET_FIELDS[kind])
+
+    @property
+    def budgets_reached(self) -> list[str]:
+        """The windows (daily, monthly) whose budget its spend has reached; a budget of 0 is always reached."""
+        return [kind for kind in BUDGET_FIELDS
+                if self.budget(kind) is not None and self.spend.of(kind) >= self.budget(kind)]
+
+    @property
+    def over_budget(self) -> bool:
+        return bool(self.budgets_reached)
+
     @property
     def health(self) -> str:
-        """Why the group takes no work, if it takes none (SPEC §8): quarantined, paused, no_worker, rate_limited;
-        else ok."""
+        """Why the group takes no work, if it takes none (SPEC §8): quarantined, paused, no_worker, over_budget,
+        rate_limited; else ok."""
         if self.quarantined_at is not None:
             return "quarantined"
         if not self.enabled:
             return "paused"
         if not self.live_workers:
             return "no_worker"
+        if self.over_budget:
+            return "over_budget"
         if self.rate_limited_until is not None and self.rate_limited_until > timezone.now():
             return "rate_limited"
         return "ok"
@@ -351,6 +375,23 @@ class ScheduleFiring(models.Model):
         return f"{self.schedule_id} @ {self.fire_time:%Y-%m-%d %H:%M:%S} {self.outcome}"
 
 
+class TaskRunQuerySet(models.QuerySet["TaskRun"]):
+    def spend_by_group(self, *, group_ids: list[int], now: datetime) -> dict[int, GroupSpend]:
+        """Group id -> cost of its runs started in the UTC day and the calendar month of `now`, finished or in flight
+        (a running run's `cost_usd` is its cost so far). One grouped query over `taskrun_group_started_idx`; groups
+        with no run in the month are left out."""
+        if not group_ids:
+            return {}
+        day, month = day_window(now), month_window(now)
+        rows = (self.filter(worker_group_id__in=group_ids, started_at__gte=month.start, started_at__lt=month.end)
+                .values_list("worker_group_id")
+                .annotate(today=Sum("cost_usd", filter=Q(started_at__gte=day.start, started_at__lt=day.end)),
+                          month=Sum("cost_usd"))
+                .order_by())
+        return {group_id: GroupSpend(today_usd=Decimal(str(today or 0)), month_usd=Decimal(str(month or 0)))
+                for group_id, today, month in rows}
+
+
 class TaskRun(models.Model):
     """One attempt: what actually ran, where, and how it ended."""
 
@@ -392,9 +433,17 @@ class TaskRun(models.Model):
     sandbox = models.CharField(max_length=8, blank=True, default="",
                                help_text="How the CLI was contained: bwrap, or off (an explicit opt-out).")
 
+    objects = TaskRunQuerySet.as_manager()
+
     class Meta:
         ordering = ["-attempt"]
         constraints = [models.UniqueConstraint(fields=["task", "attempt"], name="taskrun_task_attempt_unique")]
+        indexes = [
+            # Budgets: every dispatch pass sums each budgeted group's runs started this month (tasks_app.budgets).
+            models.Index(fields=["worker_group", "started_at"], name="taskrun_group_started_idx"),
+            # Usage per day (API, schedulerctl, dashboard) over a range of days, for every group and tenant.
+            models.Index(fields=["started_at"], name="taskrun_started_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"run {self.attempt} of {self.task_id} ({self.status})"

@@ -3,10 +3,12 @@ has its serializers). Credentials appear only as key names, token keys never."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from tasks_app import selectors, timing
 from tasks_app.models import ApiToken, Schedule, Task, TaskEvent, TaskFile, TaskRun, Worker, WorkerGroup
+from tasks_app.selectors import DailyUsage
 
 
 def _iso(value: Any) -> str | None:
@@ -123,6 +125,36 @@ def group_dict(group: WorkerGroup) -> dict[str, Any]:
         "env": group.env,
         "allow_dangerous_flags": group.allow_dangerous_flags,
         "extra_args": group.extra_args,
+        "daily_budget_usd": _usd(group.daily_budget_usd),
+        "monthly_budget_usd": _usd(group.monthly_budget_usd),
+        "spend_today_usd": _usd(group.spend.today_usd),
+        "spend_month_usd": _usd(group.spend.month_usd),
+    }
+
+
+def _usd(value: Decimal | None) -> float | None:
+    return float(value) if value is not None else None
+
+
+def usage_dict(row: DailyUsage, *, by: str) -> dict[str, Any]:
+    """One day of one group (`by` "group") or tenant: the shape of `GET /api/v1/usage/`'s rows."""
+    return {
+        "day": row.day.isoformat(),
+        "worker_group": row.key if by == "group" else None,
+        "tenant": row.key if by == "tenant" else None,
+        "runs": row.runs,
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "cost_usd": float(row.cost_usd),
+    }
+
+
+def usage_totals(rows: list[DailyUsage]) -> dict[str, Any]:
+    return {
+        "runs": sum(row.runs for row in rows),
+        "input_tokens": sum(row.input_tokens for row in rows),
+        "output_tokens": sum(row.output_tokens for row in rows),
+        "cost_usd": float(sum((row.cost_usd for row in rows), Decimal(0))),
     }
 
 

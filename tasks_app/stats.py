@@ -9,13 +9,13 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Aggregate, Count, F, FloatField, Q, Sum
-from django.db.models.functions import Right, TruncDate
+from django.db.models import Aggregate, Count, FloatField, Q
+from django.db.models.functions import Right
 from django.utils import timezone
 
 from tasks_app import selectors
@@ -48,6 +48,10 @@ class GroupLoad:
     rate_limited: bool
     health: str = "ok"
     live_workers: int = 0
+    daily_budget_usd: Decimal | None = None
+    monthly_budget_usd: Decimal | None = None
+    spend_today_usd: Decimal = Decimal(0)
+    spend_month_usd: Decimal = Decimal(0)
 
     @property
     def utilisation_percent(self) -> float:
@@ -114,8 +118,10 @@ def group_loads(*, now: datetime) -> list[GroupLoad]:
         GroupLoad(name=group.name, tool=group.tool, enabled=group.enabled, max_concurrent=group.max_concurrent,
                   running=group.running, queued=group.queued, rate_limited_until=group.rate_limited_until,
                   rate_limited=group.rate_limited_until is not None and group.rate_limited_until > now,
-                  health=group.health, live_workers=group.live_workers)
-        for group in selectors.groups_attach_live_workers(selectors.group_list())
+                  health=group.health, live_workers=group.live_workers, daily_budget_usd=group.daily_budget_usd,
+                  monthly_budget_usd=group.monthly_budget_usd, spend_today_usd=group.spend.today_usd,
+                  spend_month_usd=group.spend.month_usd)
+        for group in selectors.groups_attach_live_workers(selectors.group_list(), now=now)
     ]
 
 
@@ -152,29 +158,20 @@ def tool_health(*, now: datetime, window: timedelta = HEALTH_WINDOW) -> list[Too
 
 
 def usage_days(*, now: datetime, days: int = USAGE_DAYS) -> list[date]:
-    today = timezone.localdate(now)
+    """The last `days` UTC days, today included: the days of the accounts' daily budgets."""
+    today = now.astimezone(UTC).date()
     return [today - timedelta(days=offset) for offset in range(days - 1, -1, -1)]
 
 
 def daily_usage(*, now: datetime, days: int = USAGE_DAYS) -> list[DailyUsage]:
-    """Tokens and cost of the runs finished on each of the last `days` calendar days (today included), per
-    worker group; only (day, group) pairs with runs are returned, ordered by day then group (runs without a
-    group last)."""
-    first_day = usage_days(now=now, days=days)[0]
-    start = timezone.make_aware(datetime.combine(first_day, time.min))
-    rows = (
-        TaskRun.objects.filter(finished_at__gte=start, finished_at__lte=now)
-        .annotate(day=TruncDate("finished_at"))
-        .values("day", "worker_group__name")
-        .annotate(runs=Count("id"), tokens_in=Sum("input_tokens"), tokens_out=Sum("output_tokens"),
-                  cost=Sum("cost_usd"))
-        .order_by("day", F("worker_group__name").asc(nulls_last=True))
-    )
+    """Tokens and cost of the runs started on each of the last `days` UTC days (today included; runs in flight with
+    their cost so far), per worker group: what the daily budgets count. Only (day, group) pairs with runs are
+    returned, ordered by day then group (runs without a group last)."""
+    shown = usage_days(now=now, days=days)
     return [
-        DailyUsage(day=row["day"], group=row["worker_group__name"] or NO_GROUP, runs=row["runs"],
-                   input_tokens=row["tokens_in"] or 0, output_tokens=row["tokens_out"] or 0,
-                   cost_usd=row["cost"] or Decimal(0))
-        for row in rows
+        DailyUsage(day=row.day, group=row.key or NO_GROUP, runs=row.runs, input_tokens=row.input_tokens,
+                   output_tokens=row.output_tokens, cost_usd=row.cost_usd)
+        for row in selectors.usage_per_day(since=shown[0], until=shown[-1], by="group")
     ]
 
 

@@ -6,7 +6,8 @@ light and dark themes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from html import escape
 
 PALETTE = ("#417690", "#79aec8", "#e0a030", "#ba2121", "#6a9f3a", "#8e6bb0", "#c77d4a", "#5a8f8f")
@@ -165,3 +166,86 @@ def _legend_rows(y: float, names: Sequence[str], colors: Sequence[str], per_row:
         body.append(_rect(x, row_y - 9, 10, 10, color))
         body.append(_text(x + 14, row_y, name))
     return body
+
+
+def nice_axis(maximum: float, *, ticks: int = 4) -> tuple[float, float]:
+    """(top, step) of an axis from 0 that holds `maximum` in about `ticks` steps of 1, 2, 2.5 or 5 times a power of
+    ten: 0.03 → (0.04, 0.01), 7 → (8, 2), 1234 → (1500, 500)."""
+    if maximum <= 0:
+        return 1.0, 0.25
+    raw = maximum / ticks
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw * (1 - 1e-9))
+    return math.ceil(maximum / step - 1e-9) * step, step
+
+
+def usd_axis_label(value: float, step: float) -> str:
+    """A money tick as precise as its step needs, and at least to the cent below $1 steps: $0.004, $0.25, $5."""
+    places = 0
+    while places < 6 and abs(step * 10 ** places - round(step * 10 ** places)) > 1e-9:
+        places += 1
+    if places:
+        places = max(places, 2)
+    return f"${value:,.{places}f}"
+
+
+def usd(value: float) -> str:
+    """An amount for a tooltip: cents from $1 up, four decimals below (runs cost fractions of a cent)."""
+    if value >= 1 or value == 0:
+        return f"${value:,.2f}"
+    return f"${value:.4f}"
+
+
+def budget_column_chart(categories: Sequence[str], series: Sequence[tuple[str, Sequence[float]]], *, title: str,
+                        budgets: Mapping[str, float] | None = None, colors: Sequence[str] = PALETTE) -> str:
+    """Money per category (a day) and series (an account), one column each side by side, on a labelled axis that
+    scales to the data (cents when the data is cents); each series' budget (`budgets`, by series name) is a dashed
+    line of its colour. A budget more than twice the largest column is left off the scale, so that it cannot flatten
+    the data, and said in the legend."""
+    budgets = budgets or {}
+    values = [value for _, row in series for value in row]
+    if not categories or not series or not (any(values) or budgets):
+        return _empty(title)
+    colors = [colors[index % len(colors)] for index in range(len(series))]
+    largest = max(values, default=0)
+    shown = {name: budget for name, budget in budgets.items() if largest <= 0 or budget <= 2 * largest}
+    top, step = nice_axis(max([largest, *shown.values()]))
+    left, right, plot_top, plot_height = 64, WIDTH - 10, 12, 160
+    baseline = plot_top + plot_height
+
+    def y_of(value: float) -> float:
+        return baseline - plot_height * value / top
+
+    body = []
+    for index in range(round(top / step) + 1):
+        tick = step * index
+        body.append(f'<line x1="{left}" y1="{_number(y_of(tick))}" x2="{right}" y2="{_number(y_of(tick))}" '
+                    f'stroke="currentColor" stroke-opacity="{0.4 if index == 0 else 0.12}" class="tick"/>')
+        body.append(_text(left - 6, y_of(tick) + 4, usd_axis_label(tick, step), anchor="end"))
+    slot = (right - left) / len(categories)
+    bar_width = min(slot * 0.8 / len(series), 24)
+    for index, category in enumerate(categories):
+        x = left + slot * index + (slot - bar_width * len(series)) / 2
+        for (name, row), color in zip(series, colors, strict=True):
+            height = plot_height * row[index] / top
+            body.append(_rect(x, baseline - height, bar_width, height, color,
+                              f"{category} {name}: {usd(row[index])}"))
+            x += bar_width
+        body.append(_text(left + slot * index + slot / 2, baseline + 16, _clip(category, 12), anchor="middle"))
+    for (name, _), color in zip(series, colors, strict=True):
+        if name in shown:
+            y = _number(y_of(shown[name]))
+            body.append(f'<line x1="{left}" y1="{y}" x2="{right}" y2="{y}" stroke="{_attr(color)}" stroke-width="2" '
+                        f'stroke-dasharray="6 4" class="budget"><title>{_attr(name)} budget: '
+                        f'{_attr(usd_axis_label(shown[name], 0.01))}</title></line>')
+    names = []
+    for name, _ in series:
+        label = _clip(name)
+        if name in budgets:
+            where = "" if name in shown else ", off scale"
+            label = f"{label} (budget {usd_axis_label(budgets[name], 0.01)}{where})"
+        names.append(label)
+    legend_y = baseline + 40
+    body.extend(_legend_rows(legend_y, names, colors, per_row=2))
+    rows = (len(names) + 1) // 2
+    return _svg(title, legend_y + ROW * (rows - 1) + 10, body)

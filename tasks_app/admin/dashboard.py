@@ -22,10 +22,13 @@ def dashboard_view(request: HttpRequest) -> TemplateResponse:
     days = [day.strftime("%a %d") for day in data.usage_days]
     groups = sorted({row.group for row in data.usage})
     per_day = {(row.day, row.group): row for row in data.usage}
+    # Every account with a daily budget has its line on the cost chart, spending or not.
+    budgets = {group.name: float(group.daily_budget_usd) for group in data.groups
+               if group.daily_budget_usd is not None}
 
-    def series(value: Callable[[stats.DailyUsage], float]) -> list[tuple[str, list[float]]]:
+    def series(value: Callable[[stats.DailyUsage], float], names: list[str]) -> list[tuple[str, list[float]]]:
         return [(group, [value(per_day[day, group]) if (day, group) in per_day else 0 for day in data.usage_days])
-                for group in groups]
+                for group in names]
 
     charts = {
         "status": svg.bar_chart(data.status_counts, title="Tasks by status"),
@@ -36,9 +39,9 @@ def dashboard_view(request: HttpRequest) -> TemplateResponse:
         "success": svg.bar_chart([(tool.tool, tool.success_percent) for tool in data.tools if tool.finished],
                                  title="Success rate per tool, last 24 h", maximum=100,
                                  format_value=lambda value: f"{value:.1f}%", color=svg.PALETTE[4]),
-        "tokens": svg.column_chart(days, series(lambda row: row.tokens), title="Tokens per day per account"),
-        "cost": svg.column_chart(days, series(lambda row: float(row.cost_usd)), title="Cost (USD) per day",
-                                 format_value=lambda value: f"${value:.2f}"),
+        "tokens": svg.column_chart(days, series(lambda row: row.tokens, groups), title="Tokens per day per account"),
+        "cost": svg.budget_column_chart(days, series(lambda row: float(row.cost_usd), sorted({*groups, *budgets})),
+                                        budgets=budgets, title="Cost (USD) per UTC day per account, daily budgets"),
         "failures": svg.bar_chart(data.failure_counts, title="Failed runs by kind, last 24 h",
                                   color=svg.PALETTE[3]),
     }

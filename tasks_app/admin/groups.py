@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from django.contrib import admin, messages
@@ -29,11 +30,20 @@ def _credential_names(group: WorkerGroup) -> list[str] | None:
         return None
 
 
+BUDGETS_HELP = ("Once the runs started in the current UTC day or calendar month cost this much (runs in flight "
+                "with their cost so far), the group takes no new work until the window rolls over; its unpinned "
+                "tasks go to the tool's other accounts. Empty: no budget.")
+
+
+def _spend(spent: Decimal, budget: Decimal | None) -> str:
+    return f"${spent:.2f}" if budget is None else f"${spent:.2f} of ${budget:.2f}"
+
+
 @admin.register(WorkerGroup)
 class WorkerGroupAdmin(admin.ModelAdmin):
     form = WorkerGroupForm
     list_display = ("name", "tool", "health", "enabled", "max_concurrent", "running_count", "queued_count",
-                    "live_worker_count", "rate_limited_until", "credential_keys")
+                    "live_worker_count", "spend_today", "spend_month", "rate_limited_until", "credential_keys")
     list_filter = ("tool", "enabled", "allow_dangerous_flags")
     search_fields = ("name", "account")
     ordering = ("name",)
@@ -58,6 +68,7 @@ class WorkerGroupAdmin(admin.ModelAdmin):
         if obj is None:
             return [
                 (None, {"fields": ("tool", "account", "max_concurrent", "enabled")}),
+                ("Budgets", {"fields": ("daily_budget_usd", "monthly_budget_usd"), "description": BUDGETS_HELP}),
                 ("CLI settings", {"fields": ("env", "extra_args", "allow_dangerous_flags")}),
                 ("Credentials", {"fields": ("credentials_set",)}),
             ]
@@ -65,6 +76,8 @@ class WorkerGroupAdmin(admin.ModelAdmin):
             (None, {"fields": ("name", "tool", "account", "max_concurrent", "enabled", "health",
                                "rate_limited_until", "quarantined_at", "quarantine_reason")}),
             ("Workers", {"fields": ("registered_workers", "heartbeating_workers", "start_command")}),
+            ("Budgets", {"fields": ("daily_budget_usd", "monthly_budget_usd", "spend_today", "spend_month"),
+                         "description": BUDGETS_HELP}),
             ("CLI settings", {"fields": ("env", "extra_args", "allow_dangerous_flags")}),
             ("Credentials", {"fields": ("credential_keys_masked", "credentials_set", "credentials_unset")}),
             ("Audit", {"fields": ("created_at", "updated_at")}),
@@ -76,11 +89,19 @@ class WorkerGroupAdmin(admin.ModelAdmin):
         # Name, tool and account are the group's identity (and queue name); group_update cannot change them.
         return ("name", "tool", "account", "health", "rate_limited_until", "quarantined_at", "quarantine_reason",
                 "registered_workers", "heartbeating_workers", "start_command", "credential_keys_masked", "created_at",
-                "updated_at")
+                "updated_at", "spend_today", "spend_month")
 
     @admin.display(description="health")
     def health(self, group: WorkerGroup) -> str:
         return group.health
+
+    @admin.display(description="spent today (UTC)")
+    def spend_today(self, group: WorkerGroup) -> str:
+        return _spend(group.spend.today_usd, group.daily_budget_usd)
+
+    @admin.display(description="spent this month")
+    def spend_month(self, group: WorkerGroup) -> str:
+        return _spend(group.spend.month_usd, group.monthly_budget_usd)
 
     @admin.display(description="running its jobs now")
     def heartbeating_workers(self, group: WorkerGroup) -> str:

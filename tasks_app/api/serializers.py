@@ -196,13 +196,26 @@ class WorkerGroupSerializer(serializers.ModelSerializer):
     health = serializers.ChoiceField(choices=GROUP_HEALTH, read_only=True)
     live_workers = serializers.IntegerField(read_only=True, help_text="Live workers consuming the group's queue.")
     worker_command = serializers.SerializerMethodField(help_text="Starts a worker for this group on a box.")
+    # Budgets: the rules (>= 0, cents) are the service's, shared with schedulerctl and the admin; null: no budget.
+    daily_budget_usd = serializers.DecimalField(max_digits=10, decimal_places=2, allow_null=True, required=False,
+                                                coerce_to_string=False, help_text="USD per UTC day; null: none.")
+    monthly_budget_usd = serializers.DecimalField(max_digits=12, decimal_places=2, allow_null=True, required=False,
+                                                  coerce_to_string=False, help_text="USD per month (UTC); null: none.")
+    spend_today_usd = serializers.DecimalField(source="spend.today_usd", max_digits=18, decimal_places=6,
+                                               coerce_to_string=False, read_only=True,
+                                               help_text="Cost of its runs started this UTC day, in flight included.")
+    spend_month_usd = serializers.DecimalField(source="spend.month_usd", max_digits=18, decimal_places=6,
+                                               coerce_to_string=False, read_only=True,
+                                               help_text="Cost of its runs started this month (UTC), in flight "
+                                                         "included.")
 
     class Meta:
         model = WorkerGroup
         fields = [
             "name", "tool", "account", "max_concurrent", "enabled", "credentials", "credential_names", "env",
             "allow_dangerous_flags", "extra_args", "health", "live_workers", "worker_command", "rate_limited_until",
-            "quarantined_at", "quarantine_reason", "running", "queued", "created_at", "updated_at",
+            "quarantined_at", "quarantine_reason", "running", "queued", "daily_budget_usd", "monthly_budget_usd",
+            "spend_today_usd", "spend_month_usd", "created_at", "updated_at",
         ]
         read_only_fields = ["name", "rate_limited_until", "quarantined_at", "quarantine_reason", "created_at",
                             "updated_at"]

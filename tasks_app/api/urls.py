@@ -4,6 +4,7 @@ from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from tasks_app.api.intake import IntakeView
+from tasks_app.api.usage import UsageView
 from tasks_app.api.views import AuditEventViewSet, ScheduleViewSet, TaskViewSet, WorkerGroupViewSet, WorkerViewSet
 
 router = DefaultRouter(trailing_slash=True)
@@ -13,4 +14,5 @@ router.register("worker-groups", WorkerGroupViewSet, basename="worker-group")
 router.register("workers", WorkerViewSet, basename="worker")
 router.register("audit", AuditEventViewSet, basename="audit")
 
-urlpatterns = [*router.urls, path("intake/", IntakeView.as_view(), name="intake")]
+urlpatterns = [*router.urls, path("intake/", IntakeView.as_view(), name="intake"),
+               path("usage/", UsageView.as_view(), name="usage")]

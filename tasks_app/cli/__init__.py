@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "enqueue": ("tasks", "cmd_enqueue"), "list": ("tasks", "cmd_list"), "get": ("tasks", "cmd_get"),
     "cancel": ("tasks", "cmd_cancel"), "retry": ("tasks", "cmd_retry"), "logs": ("tasks", "cmd_logs"),
     "files": ("tasks", "cmd_files"), "groups": ("groups", "cmd_groups"), "workers": ("groups", "cmd_workers"),
-    "schedules": ("schedules", "cmd_schedules"),
+    "schedules": ("schedules", "cmd_schedules"), "usage": ("usage", "cmd_usage"),
     "users": ("accounts", "cmd_users"), "tokens": ("accounts", "cmd_tokens"), "ask": ("intake", "cmd_ask"),
 }
 

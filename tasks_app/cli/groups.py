@@ -35,8 +35,11 @@ def cmd_groups(args: argparse.Namespace) -> int:
     if args.action == "list":
         data = [group_dict(g) for g in selectors.groups_attach_live_workers(selectors.group_list())]
         emit(args, data, lambda rows: table(
-            ["name", "tool", "health", "workers", "running", "queued", "cap", "rate-limited until", "credentials"],
+            ["name", "tool", "health", "workers", "running", "queued", "cap", "today $ / budget",
+             "month $ / budget", "rate-limited until", "credentials"],
             [[r["name"], r["tool"], r["health"], r["live_workers"], r["running"], r["queued"], r["max_concurrent"],
+              _spend(r["spend_today_usd"], r["daily_budget_usd"]),
+              _spend(r["spend_month_usd"], r["monthly_budget_usd"]),
               r["rate_limited_until"], ", ".join(r["credentials"])] for r in rows],
         ))
         return 0
@@ -50,6 +53,7 @@ def cmd_groups(args: argparse.Namespace) -> int:
                 tool=args.tool, account=args.account, max_concurrent=args.max_concurrent,
                 enabled=not args.disabled, credentials=credentials, env=env,
                 allow_dangerous_flags=bool(args.allow_dangerous_flags), extra_args=args.extra_arg,
+                **_budgets(args),
             )
         else:
             group = svc.group_update(name=args.name, changes=_group_changes(args, credentials=credentials, env=env))
@@ -57,9 +61,23 @@ def cmd_groups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spend(spent: float, budget: float | None) -> str:
+    return f"{spent:.2f}" if budget is None else f"{spent:.2f} / {budget:.2f}"
+
+
+def _budgets(args: argparse.Namespace) -> dict[str, str | None]:
+    """--daily-budget / --monthly-budget as given ('none' clears); the service checks the amounts."""
+    return {f"{window}_budget_usd": None if value.strip().lower() in ("none", "off", "") else value
+            for window in ("daily", "monthly") if (value := getattr(args, f"{window}_budget")) is not None}
+
+
 def _print_group(d: dict[str, Any]) -> None:
     print(f"group {d['name']}: {'enabled' if d['enabled'] else 'paused'}, cap {d['max_concurrent']}, "
           f"health {d['health']}, credentials: {', '.join(d['credentials']) or 'none'}")
+    budgets = [f"{window} ${d[f'spend_{spent}_usd']:.2f} of ${d[f'{window}_budget_usd']:.2f}"
+               for window, spent in (("daily", "today"), ("monthly", "month")) if d[f"{window}_budget_usd"] is not None]
+    if budgets:
+        print(f"budgets: {', '.join(budgets)}")
     if not d["live_workers"]:
         print(f"no worker consumes its queue yet; start one on a box (in this project, with its environment):\n"
               f"  {d['worker_command']}")
@@ -88,4 +106,5 @@ def _group_changes(args: argparse.Namespace, *, credentials: dict[str, str], env
                                  else list(current.extra_args)) + args.extra_arg
     if args.allow_dangerous_flags is not None:
         changes["allow_dangerous_flags"] = args.allow_dangerous_flags
+    changes.update(_budgets(args))
     return changes

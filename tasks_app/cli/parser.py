@@ -98,8 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--extra-arg", action="append", default=[], metavar="--FLAG[=VALUE]",
                        help="an allow-listed CLI flag; write it as --extra-arg=--max-turns=5")
         p.add_argument("--allow-dangerous-flags", action=argparse.BooleanOptionalAction, default=None)
+        for window, text in (("daily", "per UTC day"), ("monthly", "per calendar month (UTC)")):
+            p.add_argument(f"--{window}-budget", metavar="USD",
+                           help=f"stop giving the account work once its runs cost this much {text}; "
+                                "'none' removes the budget")
     for name in ("pause", "resume"):
         groups.add_parser(name).add_argument("name")
+
+    p = sub.add_parser("usage", help="runs, tokens and cost per UTC day, per group or per tenant")
+    p.add_argument("--days", type=int, default=7, help="the last N UTC days, today included (default 7)")
+    p.add_argument("--by", choices=["group", "tenant"], default="group")
+    p.add_argument("--group", help="only this worker group")
 
     workers = sub.add_parser("workers", help="registered Celery workers and their heartbeats").add_subparsers(
         dest="action", required=True, parser_class=_Parser)

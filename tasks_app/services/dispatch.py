@@ -21,6 +21,9 @@ Order: highest priority first; within a priority, tenants take turns (round robi
 oldest-first order), so one tenant's backlog cannot starve another's. Tenants are found with a loose
 index scan (a recursive CTE over ``task_dispatch_idx``) so the cost grows with the number of tenants,
 not the depth of the queue. Messages go out only after commit (``enqueue_executions``).
+
+Budgets: a group whose spend this UTC day or month reached its budget takes nothing. Its spend is one more grouped
+query per pass, and only when some group has a budget (``budgets_check``, over ``taskrun_group_started_idx``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from tasks_app.models import (
     WorkerGroup,
 )
 from tasks_app.selectors import live_queue_counts
+from tasks_app.services.budgets import budgets_check
 from tasks_app.services.enqueue import Lease, enqueue_executions
 from tasks_app.transitions import task_lease_batch
 
@@ -189,9 +193,13 @@ def dispatch_runnable(*, now: datetime | None = None) -> list[Lease]:
         # A group takes leases only while a live worker consumes its queue: leased to nobody, a task would
         # expire and come back for ever. Its tasks wait queued (the group's health says no_worker).
         consumed = live_queue_counts()
+        enabled_groups = list(WorkerGroup.objects.filter(enabled=True, quarantined_at__isnull=True))
+        # A group whose spend reached its daily or monthly budget takes nothing until the window rolls over; its
+        # pinned tasks wait, unpinned ones go to the tool's other accounts (tasks_app/services/budgets.py).
+        budgets_check(groups=enabled_groups, now=now)
         groups = [
-            g for g in WorkerGroup.objects.filter(enabled=True, quarantined_at__isnull=True)
-            if (g.rate_limited_until is None or g.rate_limited_until <= now) and consumed[g.name]
+            g for g in enabled_groups
+            if (g.rate_limited_until is None or g.rate_limited_until <= now) and consumed[g.name] and not g.over_budget
         ]
         if not groups:
             return leases

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
@@ -79,10 +80,33 @@ def _clean(*, tool: str, max_concurrent: object, env: object, credentials: objec
         raise ValidationError({"extra_args": [str(exc)]}) from None
 
 
+# Budgets (SPEC §8): USD with cents, up to the model fields' digits; None is "no budget".
+_BUDGET_LIMITS = {"daily_budget_usd": Decimal("99999999.99"), "monthly_budget_usd": Decimal("9999999999.99")}
+
+
+def _clean_budget(value: object, *, field: str) -> Decimal | None:
+    """A budget in USD (a number or a numeric string, >= 0, at most 2 decimals) or None for none."""
+    if value is None:
+        return None
+    rule = (f"must be an amount in USD from 0 to {_BUDGET_LIMITS[field]} with at most 2 decimals, or null (none) for "
+            "no budget")
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValidationError({field: [rule]})
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValidationError({field: [rule]}) from None
+    if not amount.is_finite() or amount < 0 or amount > _BUDGET_LIMITS[field] or amount != amount.quantize(
+            Decimal("0.01")):
+        raise ValidationError({field: [rule]})
+    return amount.quantize(Decimal("0.01"))
+
+
 def group_create(
     *, tool: str, account: str, max_concurrent: int = 1, enabled: bool = True,
     credentials: dict[str, str] | None = None, env: dict[str, str] | None = None,
-    allow_dangerous_flags: bool = False, extra_args: list[str] | None = None, by: Any = None,
+    allow_dangerous_flags: bool = False, extra_args: list[str] | None = None,
+    daily_budget_usd: object = None, monthly_budget_usd: object = None, by: Any = None,
 ) -> WorkerGroup:
     _require_manage_credentials(by, [name for name, value in (
         ("credentials", credentials), ("env", env), ("extra_args", extra_args),
@@ -94,9 +118,11 @@ def group_create(
     credentials, env, extra_args = credentials or {}, env or {}, extra_args or []
     _clean(tool=tool, max_concurrent=max_concurrent, env=env, credentials=credentials, extra_args=extra_args,
            allow_dangerous_flags=allow_dangerous_flags)
+    budgets = {"daily_budget_usd": _clean_budget(daily_budget_usd, field="daily_budget_usd"),
+               "monthly_budget_usd": _clean_budget(monthly_budget_usd, field="monthly_budget_usd")}
     group = WorkerGroup(
         name=f"{tool}-{account}", tool=tool, account=account, max_concurrent=max_concurrent, enabled=enabled,
-        env=env, allow_dangerous_flags=allow_dangerous_flags, extra_args=extra_args,
+        env=env, allow_dangerous_flags=allow_dangerous_flags, extra_args=extra_args, **budgets,
     )
     group.credentials = credentials
     try:
@@ -106,6 +132,7 @@ def group_create(
                   ["tool", "account", "max_concurrent", "enabled", *(["env"] if env else []),
                    *(["extra_args"] if extra_args else []),
                    *(["allow_dangerous_flags"] if allow_dangerous_flags else []),
+                   *[field for field, value in budgets.items() if value is not None],
                    *_credential_changes({}, credentials)])
     except IntegrityError:
         raise ValidationError({"account": [f"a group {group.name!r} already exists"]}) from None
@@ -116,7 +143,7 @@ def group_update(*, name: str, changes: dict[str, Any], by: Any = None) -> Worke
     """Change settings. `credentials` replaces the whole set; `credentials_set`/`credentials_unset` edit keys.
     `by`: the acting user, who needs tasks_app.manage_credentials to touch CREDENTIAL_FIELDS."""
     allowed = {"max_concurrent", "enabled", "env", "credentials", "credentials_set", "credentials_unset",
-               "allow_dangerous_flags", "extra_args"}
+               "allow_dangerous_flags", "extra_args", "daily_budget_usd", "monthly_budget_usd"}
     unknown = set(changes) - allowed
     if unknown:
         raise ValidationError({sorted(unknown)[0]: [f"cannot be changed; changeable: {', '.join(sorted(allowed))}"]})
@@ -144,6 +171,8 @@ def group_update(*, name: str, changes: dict[str, Any], by: Any = None) -> Worke
             raise ValidationError({"enabled": ["must be true or false"]})
         _clean(tool=group.tool, credentials=credentials, **merged)
         merged["enabled"] = changes.get("enabled", group.enabled)
+        for field in ("daily_budget_usd", "monthly_budget_usd"):  # null clears a budget
+            merged[field] = _clean_budget(changes[field], field=field) if field in changes else getattr(group, field)
         changed = [key for key, value in merged.items() if getattr(group, key) != value]
         if "credentials" in changes or changes.get("credentials_set") or changes.get("credentials_unset"):
             changed += _credential_changes(_readable_credentials(group), credentials)

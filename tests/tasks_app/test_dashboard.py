@@ -125,15 +125,20 @@ def test_tool_health_median_of_an_odd_count_and_an_idle_tool() -> None:
         ("claude", 3, 30.0, 100.0), ("codex", 0, None, None), ("gemini", 0, None, None)]
 
 
-def test_daily_usage_sums_tokens_and_cost_per_group_per_day_over_7_days() -> None:
-    _history()
+def test_daily_usage_sums_tokens_and_cost_per_group_per_utc_day_the_runs_started_over_7_days() -> None:
+    history = _history()
+    # The first second of the window: started 2025-03-04 00:00:00. (The history's runs that finished at 03-04 00:00
+    # and 03-03 23:59:59 started on 03-03: outside, as the daily budgets count them.)
+    _run(TaskFactory(status=TaskStatus.SUCCEEDED), group=history["claude"], status="succeeded",
+         finished_at=datetime(2025, 3, 4, 0, 0, 5, tzinfo=UTC), tokens=(7, 3), cost="0.000001")
 
     usage = stats.daily_usage(now=NOW)
 
+    # 03-10 claude-main: three finished before NOW, the running one (no cost yet), and the one started at 12:59:55.
     assert [(u.day, u.group, u.runs, u.input_tokens, u.output_tokens, u.tokens, u.cost_usd) for u in usage] == [
         (date(2025, 3, 4), "claude-main", 1, 7, 3, 10, Decimal("0.000001")),
         (date(2025, 3, 9), "claude-main", 1, 1000, 0, 1000, Decimal("0.5")),
-        (date(2025, 3, 10), "claude-main", 3, 300, 30, 330, Decimal("0.03")),
+        (date(2025, 3, 10), "claude-main", 5, 5300, 5030, 10330, Decimal("9.03")),
         (date(2025, 3, 10), "codex-team", 3, 400, 40, 440, Decimal("0.04")),
         (date(2025, 3, 10), "(no group)", 1, 1, 1, 2, Decimal(0)),
     ]
@@ -173,7 +178,7 @@ def test_recent_failures_keep_only_the_ten_newest_and_shorten_long_errors() -> N
 def test_dashboard_is_a_fixed_number_of_queries(django_assert_max_num_queries: Any) -> None:
     _history()
 
-    with django_assert_max_num_queries(9):
+    with django_assert_max_num_queries(10):  # one of them: every group's spend, for its health and budgets
         data = stats.dashboard(now=NOW)
 
     assert data.now == NOW and len(data.recent_failures) == 3
@@ -271,7 +276,7 @@ def test_dashboard_shows_the_computed_figures_and_charts(admin_client: Client) -
     failed = TaskFactory(status=TaskStatus.FAILED, attempt=1, error_message="<script>alert(1)</script> boom")
     _run(failed, group=group, status="failed", finished_at=now - timedelta(seconds=30), latency_ms=10,
          tokens=(0, 0), failure_kind="timeout")
-    day = timezone.localdate(now - timedelta(seconds=30))
+    day = timezone.localdate(now - timedelta(seconds=35))  # the UTC day the runs started
 
     response = admin_client.get(URL)
 
