@@ -155,6 +155,9 @@ class Parsed:
     cost_usd: float | None = None
     retry_after_seconds: float | None = None
     details: dict[str, object] = field(default_factory=dict)
+    session_id: str = ""
+    turns: int | None = None
+    cost_is_estimate: bool = False
 
 
 @dataclass
