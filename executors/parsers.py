@@ -385,8 +385,11 @@ class GeminiStream(StreamParser):
             if not isinstance(tokens, dict):
                 continue
             inp, out = sum_ints(tokens, ("input_tokens",)) or 0, sum_ints(tokens, ("output_tokens",)) or 0
-            costs.append(estimate_cost(name, inp, out, self.prices)
-                         or estimate_cost(self.model or self.stream_model, inp, out, self.prices))
+            if inp == out == 0:
+                costs.append(0.0)  # a model it only tried (routing, a failed call): free, priced or not
+                continue
+            cost = estimate_cost(name, inp, out, self.prices)
+            costs.append(cost if cost is not None else estimate_cost(self.model, inp, out, self.prices))
         if costs and None not in costs:
             self.cost_usd, self.cost_is_estimate = sum(c for c in costs if c is not None), True
 

@@ -654,9 +654,10 @@ def test_claude_stops_itself_at_max_budget_usd_between_turns(tmp_path):
     assert (result["subtype"], result["is_error"], result["num_turns"]) == ("error_max_budget_usd", True, 2)
     assert result["errors"] == ["Reached maximum budget ($0.5)"] and "result" not in result
     assert not (tmp_path / "work" / "never.txt").exists()
-    r = run_fake("claude", [*CLAUDE_STREAM, "--max-budget-usd", "lots"], tmp_path, stdin="go")
-    assert (r.returncode, r.stdout) == (1, b"")
-    assert b"--max-budget-usd <amount>' argument 'lots' is invalid" in r.stderr
+    for value in ("lots", "0"):
+        r = run_fake("claude", [*CLAUDE_STREAM, "--max-budget-usd", value], tmp_path, stdin="go")
+        assert (r.returncode, r.stdout) == (1, b"")
+        assert r.stderr == b"error: --max-budget-usd must be a positive number greater than 0\n"
 
 
 def test_codex_turns_stream_usage_per_turn_and_commands_in_flight(tmp_path):

@@ -552,13 +552,20 @@ def parse_claude(run: Run, argv: list[str]) -> dict:
                     f"option '{name} <{label}>' argument '{value}' is invalid. "
                     f"Allowed choices are {allowed}.",
                 )
-            if name in ("--max-turns", "--max-budget-usd"):
+            if name == "--max-turns":
                 try:
                     float(value)
                 except ValueError:
                     raise _commander_error(
                         run, f"option '{name} <{label}>' argument '{value}' is invalid."
                     ) from None
+            if name == "--max-budget-usd":  # 2.1.197: its own check, exit 1 (plus a stack trace we leave out)
+                try:
+                    positive = float(value) > 0
+                except ValueError:
+                    positive = False
+                if not positive:
+                    raise _commander_error(run, "--max-budget-usd must be a positive number greater than 0")
             if name in CLAUDE_VARIADIC:
                 opts["variadic"].setdefault(name, []).append(value)
             else:
