@@ -24,7 +24,8 @@ LINE_CAP = 1024 * 1024  # a longer line is skipped (counted in `skipped_lines`),
 MESSAGE_CHARS = 1000  # assistant text in a `message` or `result` event
 SUMMARY_CHARS = 200  # a tool call's argument summary, an error message
 FINAL_CHARS = 1024 * 1024  # the final message kept in the result
-MAX_PENDING_EVENTS = 10_000  # events waiting for the wait loop; beyond, new ones are dropped and counted
+MAX_PENDING_EVENTS = 10_000  # events waiting for the wait loop; beyond, new ones are dropped and counted, but for
+#                             rate limits and the latest running totals
 MIN_SECRET = 4  # shorter "secrets" are not scrubbed (they would redact ordinary words), as in runner.scrub
 REDACTED = "[redacted]"
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -189,6 +190,7 @@ class StreamParser:
         self.max_pending = max_pending
         self.lock = threading.Lock()
         self.pending: list[RunEvent] = []
+        self._late_usage: RunEvent | None = None
         self.dropped_events = 0
         self.session_id = ""
         self.final_text = ""
@@ -239,17 +241,26 @@ class StreamParser:
         with self.lock:
             self.flush()
             events, self.pending = self.pending, []
+            if self._late_usage is not None:  # the latest totals always get through, after what came before
+                events.append(self._late_usage)
+                self._late_usage = None
         return events
 
     def flush(self) -> None:
         """Called under the lock before pending events are handed over."""
 
     def emit(self, kind: EventKind, data: dict[str, object]) -> None:
-        if len(self.pending) >= self.max_pending and kind not in (EventKind.RATE_LIMIT, EventKind.RESULT):
+        full = len(self.pending) >= self.max_pending
+        if full and kind not in (EventKind.RATE_LIMIT, EventKind.RESULT, EventKind.USAGE):
             self.dropped_events += 1
             return
         data = {key: self.scrub(value) if isinstance(value, str) else value for key, value in data.items()}
-        self.pending.append(RunEvent(kind=kind, data=data, at=self.clock()))
+        event = RunEvent(kind=kind, data=data, at=self.clock())
+        if full and kind is EventKind.USAGE:  # running totals: only the latest matters
+            self.dropped_events += self._late_usage is not None
+            self._late_usage = event
+        else:
+            self.pending.append(event)
 
     def scrub(self, text: str) -> str:
         """`text` without secrets, NUL bytes or lone surrogates: event data goes to JSON columns and sockets."""

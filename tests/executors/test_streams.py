@@ -82,14 +82,18 @@ def test_half_a_megabyte_of_noise_without_a_newline_costs_linear_time() -> None:
     assert tail == [b'{"after":"noise"}']
 
 
-def test_pending_events_are_bounded_and_the_overflow_counted() -> None:
+def test_pending_events_are_bounded_the_overflow_counted_and_the_latest_totals_kept() -> None:
     parser = CodexStream(max_pending=5, clock=lambda: NOW)
     for i in range(20):
         parser.feed_line(json.dumps({"type": "error", "message": f"Reconnecting... {i}/5"}).encode())
+        parser.feed_line(json.dumps({"type": "turn.completed", "usage": {"input_tokens": 1,
+                                                                          "output_tokens": 1}}).encode())
 
     events = parser.take_events()
 
-    assert len(events) == 5 and parser.dropped_events == 15
+    assert _kinds(events) == ["error", "usage", "error", "usage", "error", "usage"]
+    assert events[-1].data["turns"] == 20  # the latest totals got through
+    assert parser.dropped_events == 17 + 17  # errors, and totals replaced by later ones
     assert parser.take_events() == []
 
 
