@@ -61,7 +61,7 @@ class EventKind(StrEnum):
     USAGE = "usage"  # running totals: {"input_tokens", "output_tokens", "cost_usd", "turns", "estimate"}
     RATE_LIMIT = "rate_limit"  # {"message", "resets_at" (epoch seconds) or None}
     ERROR = "error"  # {"message"}
-    RESULT = "result"  # {"ok", "text", "session_id"}
+    RESULT = "result"  # {"ok", "text", "session_id", "failure_kind", "error"}: the runner's last event of every run
 
 
 @dataclass(frozen=True)

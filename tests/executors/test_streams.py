@@ -247,6 +247,19 @@ def test_gemini_error_result_is_classified_from_its_exit_code_and_message() -> N
     assert (parsed.failure_kind, parsed.retry_after_seconds, parsed.session_id) == ("rate_limited", 34.8, "g-2")
 
 
+def test_adapter_parse_still_reads_the_one_document_formats() -> None:
+    claude = ADAPTERS["claude"].parse(stdout=json.dumps({"type": "result", "subtype": "success", "is_error": False,
+                                                         "result": "hi", "session_id": "c-1", "num_turns": 1,
+                                                         "usage": {"input_tokens": 3, "output_tokens": 1}}).encode(),
+                                      stderr=b"", exit_code=0)
+    gemini = ADAPTERS["gemini"].parse(stdout=b"Loaded cached credentials.\n" + json.dumps(
+        {"session_id": "g-1", "response": "hi", "stats": {"models": {"gemini-2.5-pro": {"tokens": {
+            "prompt": 3, "candidates": 1}}}}}, indent=2).encode(), stderr=b"", exit_code=0)
+
+    assert (claude.failure_kind, claude.final_message, claude.session_id, claude.input_tokens) == ("", "hi", "c-1", 3)
+    assert (gemini.failure_kind, gemini.final_message, gemini.session_id, gemini.input_tokens) == ("", "hi", "g-1", 3)
+
+
 # -- secrets, prices, the budget flag -------------------------------------------------------------------------
 
 
