@@ -1,4 +1,5 @@
-"""Per-CLI adapters: build argv for the CLI's headless JSON mode and read its result.
+"""Per-CLI adapters: build argv for the CLI's headless streaming JSON mode and read its events and result
+(executors/parsers.py).
 
 The prompt always goes on stdin (never argv): it can never be parsed as a flag, stays out of
 /proc/*/cmdline, and is not limited by ARG_MAX. Flags verified against the versions in docs/cli-support.md.
@@ -6,15 +7,17 @@ The prompt always goes on stdin (never argv): it can never be parsed as a flag, 
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from executors.base import ConfigurationError, FailureKind, Parsed
-from executors.classify import classify_message, retry_after_from_text
+from executors.base import ConfigurationError, Parsed, Prices
+from executors.parsers import ClaudeStream, CodexStream, GeminiStream
+from executors.streams import StreamParser, json_objects
+
+__all__ = ["ADAPTERS", "Adapter", "FlagRule", "adapter_for", "json_objects"]
 
 ANY = object()  # any value
 FLAG = object()  # a boolean flag, no value
@@ -87,76 +90,38 @@ class Adapter:
             parsed.append((name, parsed_value))
         return parsed
 
-    def build(self, *, binary: str, model: str, extra_args: Iterable[object], allow_dangerous: bool) -> list[str]:
+    def build(self, *, binary: str, model: str, extra_args: Iterable[object], allow_dangerous: bool,
+              max_cost_usd: float | None = None) -> list[str]:
+        """The CLI's headless command line. `max_cost_usd` (the task's budget) is passed to a CLI that can
+        enforce one itself (claude's --max-budget-usd); the runner watches every CLI's usage either way."""
         extras = self.check_extra_args(extra_args, allow_dangerous=allow_dangerous)
         overridden = {name for name, _ in extras} | {r for name, _ in extras for r in self.rules[name].replaces}
         argv = [binary, *self.base_argv]
         for name, value in [*(f for f in self.default_flags(model) if f[0] not in overridden), *extras]:
             argv.extend([name] if value is None else [name, value])
-        return [*argv, *self.tail_argv()]
+        return [*self.with_budget(argv, max_cost_usd), *self.tail_argv()]
+
+    def with_budget(self, argv: list[str], max_cost_usd: float | None) -> list[str]:
+        return argv
+
+    parser_class: type[StreamParser] = StreamParser
+
+    def stream_parser(self, *, model: str = "", prices: Prices | None = None, secrets: tuple[str, ...] = (),
+                      clock: Callable[[], float] = time.time) -> StreamParser:
+        """A parser for one run's stdout, fed line by line as it arrives (executors/parsers.py)."""
+        return self.parser_class(model=model, prices=prices, secrets=secrets, clock=clock)
 
     def parse(self, *, stdout: bytes, stderr: bytes, exit_code: int | None) -> Parsed:
-        raise NotImplementedError
-
-
-PRETTY_TRIES = 8  # a pretty-printed document after noise: tried from this many of the last lines opening one
-_OBJECT_LINE = re.compile(r"^\{", re.MULTILINE)
-
-
-def json_objects(text: str) -> list[dict[str, Any]]:
-    """Every JSON object in `text`: the whole text, one per line (JSONL, after noise lines too), or a pretty
-    document after noise. Linear in the length whatever the output holds (megabytes of noise, a `{` on every
-    line, brackets nested a million deep): each line is parsed on its own, and only the last few lines that
-    open a multi-line document are tried against the rest of the text."""
-    text = text.strip()
-    if not text:
-        return []
-    whole = _loads(text)
-    if whole is not None:
-        return [whole] if isinstance(whole, dict) else []
-    found = [value for line in map(str.rstrip, text.splitlines()) if line.startswith("{") and line.endswith("}")
-             if isinstance(value := _loads(line), dict)]
-    if found:
-        return found
-    decoder = json.JSONDecoder()
-    index = 0
-    for start in [match.start() for match in _OBJECT_LINE.finditer(text)][-PRETTY_TRIES:]:
-        if start < index:
-            continue
-        try:
-            value, index = decoder.raw_decode(text, start)
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(value, dict):
-            found.append(value)
-    return found
-
-
-def _loads(text: str) -> Any:
-    """The JSON value of `text`, or None when it is not JSON (or nests deeper than the interpreter allows)."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _tail_text(data: bytes, limit: int = 500) -> str:
-    text = data.decode(errors="replace").strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    return (lines[-1] if lines else "")[-limit:]
-
-
-def _failure(message: str, status: int | None = None, *, kind: FailureKind | None = None) -> Parsed:
-    kind = kind or classify_message(message, status)
-    return Parsed(
-        failure_kind=kind,
-        error_message=message[:2000],
-        retry_after_seconds=retry_after_from_text(message) if kind == FailureKind.RATE_LIMITED else None,
-    )
+        """The result of a run from its whole captured output: the same parser, fed all at once."""
+        parser = self.stream_parser()
+        parser.feed_text(stdout)
+        parser.finish()
+        return parser.outcome(exit_code=exit_code, stdout=stdout, stderr=stderr)
 
 
 class ClaudeAdapter(Adapter):
     tool = "claude"
+    parser_class = ClaudeStream
     base_argv = ("-p",)
     rules = {
         "--max-turns": FlagRule(_int),
@@ -177,45 +142,35 @@ class ClaudeAdapter(Adapter):
 
     def default_flags(self, model: str) -> list[tuple[str, str | None]]:
         flags: list[tuple[str, str | None]] = [
-            ("--output-format", "json"),
+            # JSONL events as they happen; stream-json needs --verbose in -p mode (else exit 1).
+            ("--output-format", "stream-json"), ("--verbose", None),
             ("--permission-mode", "acceptEdits"),
             # Only the account's own settings: a job's files must not bring hooks or env via .claude/.
             ("--setting-sources", "user"),
         ]
         return [*flags, ("--model", model)] if model else flags
 
-    def parse(self, *, stdout: bytes, stderr: bytes, exit_code: int | None) -> Parsed:
-        objects = json_objects(stdout.decode(errors="replace"))
-        result = next((o for o in reversed(objects) if o.get("type") == "result"), None)
-        reset_at = next(
-            (o.get("rate_limit_info", {}).get("resetsAt") for o in objects if o.get("type") == "rate_limit_event"),
-            None,
-        )
-        if result is None:
-            message = _tail_text(stderr) or _tail_text(stdout) or f"claude exited {exit_code} with no result"
-            return _failure(message) if exit_code != 0 else _failure(message, kind=FailureKind.EXIT_CODE)
-        usage = result.get("usage") or {}
-        parsed = Parsed(
-            final_message=str(result.get("result") or ""),
-            input_tokens=_sum_ints(usage, ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")),
-            output_tokens=_sum_ints(usage, ("output_tokens",)),
-            cost_usd=result.get("total_cost_usd"),
-            details={k: result[k] for k in ("session_id", "num_turns", "subtype", "permission_denials") if k in result},
-        )
-        # An API failure can arrive as subtype "success" with is_error true and exit 0: trust is_error.
-        if result.get("is_error") or result.get("subtype") != "success" or exit_code != 0:
-            status = result.get("api_error_status")
-            message = parsed.final_message or str(result.get("subtype") or f"claude exited {exit_code}")
-            failure = _failure(message, status if isinstance(status, int) else None)
-            if failure.failure_kind == FailureKind.RATE_LIMITED and isinstance(reset_at, int | float):
-                failure.retry_after_seconds = max(0.0, reset_at - datetime.now(UTC).timestamp())
-            parsed.failure_kind, parsed.error_message = failure.failure_kind, failure.error_message
-            parsed.retry_after_seconds = failure.retry_after_seconds
-        return parsed
+    def with_budget(self, argv: list[str], max_cost_usd: float | None) -> list[str]:
+        """claude stops itself at --max-budget-usd (a result with subtype error_max_budget_usd); an admin's own
+        --max-budget-usd extra arg stays when it is lower."""
+        if max_cost_usd is None:
+            return argv
+        if "--max-budget-usd" in argv:
+            index = argv.index("--max-budget-usd")
+            if float(argv[index + 1]) <= max_cost_usd:
+                return argv
+            argv = argv[:index] + argv[index + 2:]
+        return [*argv, "--max-budget-usd", _decimal(max_cost_usd)]
+
+
+def _decimal(value: float) -> str:
+    """A plain decimal (never 1e-05): what --max-budget-usd and our own `_number` rule accept."""
+    return f"{max(value, 0.000001):.6f}".rstrip("0").rstrip(".")
 
 
 class CodexAdapter(Adapter):
     tool = "codex"
+    parser_class = CodexStream
     base_argv = ("exec",)
     _safe_config_keys = frozenset({"model_reasoning_effort", "model_reasoning_summary", "model_verbosity",
                                    "openai_base_url", "model_provider"})
@@ -241,48 +196,9 @@ class CodexAdapter(Adapter):
     def tail_argv(self) -> list[str]:
         return ["-"]  # the prompt is read from stdin, which is closed after it
 
-    def parse(self, *, stdout: bytes, stderr: bytes, exit_code: int | None) -> Parsed:
-        events = json_objects(stdout.decode(errors="replace"))
-        parsed = Parsed()
-        final = ""
-        input_tokens = output_tokens = 0
-        saw_usage = False
-        failed_message = ""
-        last_error = ""
-        for event in events:
-            kind = event.get("type")
-            if kind == "item.completed" and (event.get("item") or {}).get("type") == "agent_message":
-                final = str(event["item"].get("text") or "")
-            elif kind == "turn.completed":
-                usage = event.get("usage") or {}
-                saw_usage = True
-                input_tokens += _sum_ints(usage, ("input_tokens",)) or 0
-                output_tokens += _sum_ints(usage, ("output_tokens",)) or 0
-            elif kind == "turn.failed":
-                failed_message = str((event.get("error") or {}).get("message") or "turn failed")
-            elif kind == "error":
-                last_error = str(event.get("message") or "")
-        parsed.final_message = final
-        if saw_usage:
-            parsed.input_tokens, parsed.output_tokens = input_tokens, output_tokens
-        if failed_message or exit_code != 0:
-            message = failed_message or last_error or _tail_text(stderr) or f"codex exited {exit_code}"
-            failure = _failure(message)
-            parsed.failure_kind, parsed.error_message = failure.failure_kind, failure.error_message
-            parsed.retry_after_seconds = failure.retry_after_seconds
-        elif not saw_usage and not final:
-            parsed.failure_kind, parsed.error_message = FailureKind.EXIT_CODE, "codex printed no result"
-        return parsed
-
-
-# Gemini exits with the HTTP status mod 256 on fatal API errors in JSON modes.
-_GEMINI_HTTP_EXITS = {(code % 256): code for code in (400, 401, 403, 429, 500, 502, 503, 504)}
-# 130 (interrupted) is a plain failure: only the scheduler's own cancel makes a run canceled, never an exit code.
-_GEMINI_EXITS = {41: FailureKind.AUTH, **dict.fromkeys((42, 44, 52, 53, 54, 55, 130), FailureKind.EXIT_CODE)}
-
-
 class GeminiAdapter(Adapter):
     tool = "gemini"
+    parser_class = GeminiStream
     rules = {
         "--approval-mode": FlagRule(
             {"default", "auto_edit", "plan", "yolo"}, dangerous_values=frozenset({"yolo"})
@@ -296,60 +212,9 @@ class GeminiAdapter(Adapter):
 
     def default_flags(self, model: str) -> list[tuple[str, str | None]]:
         flags: list[tuple[str, str | None]] = [
-            ("--output-format", "json"), ("--approval-mode", "auto_edit"), ("--skip-trust", None),
+            ("--output-format", "stream-json"), ("--approval-mode", "auto_edit"), ("--skip-trust", None),
         ]
         return [*flags, ("--model", model)] if model else flags
-
-    def parse(self, *, stdout: bytes, stderr: bytes, exit_code: int | None) -> Parsed:
-        out = next((o for o in reversed(json_objects(stdout.decode(errors="replace")))
-                    if "response" in o or "error" in o or "stats" in o), None)
-        err = next((o for o in reversed(json_objects(stderr.decode(errors="replace"))) if "error" in o), None)
-        parsed = Parsed()
-        if out is not None:
-            parsed.final_message = str(out.get("response") or "")
-            models = ((out.get("stats") or {}).get("models") or {}).values()
-            # A run can use several models (routing, fallbacks): sum them all.
-            tokens = [m.get("tokens") or {} for m in models if isinstance(m, dict)]
-            if tokens:
-                parsed.input_tokens = sum(int(t.get("prompt") or t.get("input") or 0) for t in tokens)
-                parsed.output_tokens = sum(int(t.get("candidates") or 0) for t in tokens)
-            if out.get("session_id"):
-                parsed.details["session_id"] = out["session_id"]
-        error = (out or {}).get("error") or (err or {}).get("error")
-        if exit_code == 0 and not error and out is not None:
-            return parsed
-        message = ""
-        status = None
-        if isinstance(error, dict):
-            message = str(error.get("message") or error.get("type") or "")
-            code = error.get("code")
-            # `code` is an HTTP status for API errors but gemini's own exit code (41, 42, …) for others.
-            status = code if isinstance(code, int) and 100 <= code <= 599 else None
-        elif isinstance(error, str):
-            message = error
-        if status is None and exit_code in _GEMINI_HTTP_EXITS:
-            status = _GEMINI_HTTP_EXITS[exit_code]
-        message = message or _tail_text(stderr) or f"gemini exited {exit_code}"
-        if exit_code == 0 and out is None:
-            kind = FailureKind.EXIT_CODE
-            message = "gemini exited 0 with no result (killed, or printed nothing)"
-        elif status == 400:
-            # 400: only the text tells a bad key from a bad request
-            kind = FailureKind.AUTH if classify_message(message) == FailureKind.AUTH else FailureKind.EXIT_CODE
-        elif status is not None:
-            kind = classify_message(message, status)
-        else:
-            kind = _GEMINI_EXITS.get(exit_code or 0) or classify_message(message)
-        failure = _failure(message, status, kind=kind)
-        parsed.failure_kind, parsed.error_message = failure.failure_kind, failure.error_message
-        parsed.retry_after_seconds = failure.retry_after_seconds
-        return parsed
-
-
-def _sum_ints(mapping: dict[str, Any], keys: tuple[str, ...]) -> int | None:
-    values = [mapping[k] for k in keys if isinstance(mapping.get(k), int)]
-    return sum(values) if values else None
-
 
 ADAPTERS: dict[str, Adapter] = {a.tool: a for a in (ClaudeAdapter(), CodexAdapter(), GeminiAdapter())}
 

@@ -61,7 +61,7 @@ class EventKind(StrEnum):
     USAGE = "usage"  # running totals: {"input_tokens", "output_tokens", "cost_usd", "turns", "estimate"}
     RATE_LIMIT = "rate_limit"  # {"message", "resets_at" (epoch seconds) or None}
     ERROR = "error"  # {"message"}
-    RESULT = "result"  # {"ok", "text", "session_id"}
+    RESULT = "result"  # {"ok", "text", "session_id", "failure_kind", "error"}: the runner's last event of every run
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,9 @@ class Parsed:
     cost_usd: float | None = None
     retry_after_seconds: float | None = None
     details: dict[str, object] = field(default_factory=dict)
+    session_id: str = ""
+    turns: int | None = None
+    cost_is_estimate: bool = False
 
 
 @dataclass

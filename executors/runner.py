@@ -15,14 +15,27 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
-from executors.adapters import Adapter, adapter_for
-from executors.base import Control, ExecutionResult, ExecutionSpec, FailureKind, Heartbeat, LeaseClock, OutputSink
+from executors.adapters import adapter_for
+from executors.base import (
+    Control,
+    EventKind,
+    EventSink,
+    ExecutionResult,
+    ExecutionSpec,
+    FailureKind,
+    Heartbeat,
+    LeaseClock,
+    OutputSink,
+    RunEvent,
+)
 from executors.confinement import ConfinementError, collect_outputs, open_root, same_directory, write_input
 from executors.sandbox import WRAPPER_DEPTH, SandboxError, bwrap_argv
+from executors.streams import MESSAGE_CHARS, SUMMARY_CHARS, LineSplitter, StreamParser
 
 logger = logging.getLogger(__name__)
 
@@ -106,12 +119,82 @@ class LiveOutput:
         return out
 
 
-def _drain(stream: IO[bytes], buffer: BoundedBuffer, live: LiveOutput | None = None, name: str = "") -> None:
+def _drain(stream: IO[bytes], buffer: BoundedBuffer, live: LiveOutput | None, name: str,
+           on_chunk: Callable[[bytes], None]) -> None:
     with contextlib.suppress(ValueError, OSError):
         for chunk in iter(lambda: stream.read1(READ_CHUNK), b""):  # type: ignore[attr-defined]
             buffer.feed(chunk)
             if live is not None:
                 live.feed(name, chunk)
+            on_chunk(chunk)
+
+
+def budget_crossed(spec: ExecutionSpec, parser: StreamParser) -> str:
+    """Which of the task's limits the run's usage so far has passed, said with the value reached ("" none)."""
+    if spec.max_turns is not None and parser.turns is not None and parser.turns > spec.max_turns:
+        return f"{parser.turns} turns passed max_turns {spec.max_turns}"
+    cost = parser.cost_usd
+    if spec.max_cost_usd is not None and cost is not None and cost > spec.max_cost_usd:
+        how = " (estimated from tokens)" if parser.cost_is_estimate else ""
+        return f"cost ${cost:.4f}{how} passed max_cost_usd ${spec.max_cost_usd:.4f}"
+    return ""
+
+
+class _Watch:
+    """What the drain threads see of a run, for the wait loop: the time of the last byte on stdout or stderr
+    (the idle timeout), the stream fed line by line to the tool's parser, and its running totals against the
+    task's limits. Crossing a limit writes to `wake`, so the wait loop stops the CLI at once, not at its next
+    tick. The drain threads never wait on anything here but the parser's own short lock."""
+
+    def __init__(self, spec: ExecutionSpec, parser: StreamParser) -> None:
+        self.spec = spec
+        self.parser = parser
+        self.splitter = LineSplitter(objects_only=True)
+        self.last_activity = time.monotonic()
+        self.crossed = ""  # the limit passed and the value reached
+        self.stop = False  # passed while the CLI still works: stop it
+        self.parse_errors = 0
+        self.wake, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+
+    def touch(self, _: bytes = b"") -> None:
+        self.last_activity = time.monotonic()
+
+    def stdout(self, chunk: bytes) -> None:
+        self.last_activity = time.monotonic()
+        for line in self.splitter.feed(chunk):
+            self._feed(line)
+        self._check()
+
+    def end(self) -> None:
+        """After the drain threads are done: the last line without a newline, then the parser's own flush."""
+        if (line := self.splitter.finish()) is not None:
+            self._feed(line)
+        self.parser.finish()
+        self._check()
+
+    def _feed(self, line: bytes) -> None:
+        try:
+            self.parser.feed_line(line)
+        except Exception:  # a parser bug must not stop the drain: the pipe would fill and block the CLI
+            self.parse_errors += 1
+            if self.parse_errors == 1:
+                logger.exception("the %s stream parser failed on a line; later failures are only counted",
+                                 self.spec.tool)
+
+    def _check(self) -> None:
+        if not self.crossed and (crossed := budget_crossed(self.spec, self.parser)):
+            self.crossed = crossed
+            # Passed in the CLI's own final result: it is ending anyway, so no kill races its exit.
+            if not self.parser.ended:
+                self.stop = True
+                with contextlib.suppress(OSError):
+                    os.write(self._wake_write, b"!")
+
+    def close(self) -> None:
+        for fd in (self.wake, self._wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _feed_stdin(stream: IO[bytes], data: bytes) -> None:
@@ -147,12 +230,36 @@ def scrub(text: str, secrets: tuple[str, ...]) -> str:
 
 
 def execute(spec: ExecutionSpec, *, heartbeat: Heartbeat | None = None, on_output: OutputSink | None = None,
-            lease: LeaseClock | None = None) -> ExecutionResult:
+            on_event: EventSink | None = None, lease: LeaseClock | None = None) -> ExecutionResult:
     """Run the CLI described by `spec`; never raises for anything the CLI or its files do.
 
     With `lease`, the CLI is killed before the lease ends unless it is renewed (the supervisor's deadline).
+    `on_output` gets live output and `on_event` the run's events (`RunEvent`, in order, secrets scrubbed), in
+    batches from the wait loop every `spec.heartbeat_interval`, in the caller's thread like the heartbeat; the
+    last batch, once the run has ended, closes with one `result` event (ok, text, session_id, failure_kind,
+    error), whatever ended the run.
     """
     adapter = adapter_for(spec.tool)
+    parser = adapter.stream_parser(model=spec.model, prices=spec.prices, secrets=spec.secrets)
+    result = _execute(spec, parser, heartbeat, on_output, on_event, lease)
+    if on_event is not None:
+        try:
+            on_event([*parser.take_events(), _result_event(result, parser)])
+        except Exception:  # the run is over and recorded below: a sink that fails now loses only its timeline
+            logger.exception("the run's last events could not be delivered")
+    return result
+
+
+def _result_event(result: ExecutionResult, parser: StreamParser) -> RunEvent:
+    return RunEvent(kind=EventKind.RESULT, at=time.time(), data={
+        "ok": result.succeeded, "text": parser.clean(result.final_message, MESSAGE_CHARS),
+        "session_id": parser.clean(result.session_id, SUMMARY_CHARS), "failure_kind": str(result.failure_kind),
+        "error": parser.clean(result.error_message, MESSAGE_CHARS),
+    })
+
+
+def _execute(spec: ExecutionSpec, parser: StreamParser, heartbeat: Heartbeat | None, on_output: OutputSink | None,
+             on_event: EventSink | None, lease: LeaseClock | None) -> ExecutionResult:
     result = ExecutionResult(command=list(spec.argv))
     try:
         spec.work_dir.mkdir(parents=True, exist_ok=False, mode=0o700)
@@ -177,7 +284,7 @@ def execute(spec: ExecutionSpec, *, heartbeat: Heartbeat | None = None, on_outpu
             shutil.rmtree(private_tmp, ignore_errors=True)  # left over by a killed worker
             private_tmp.mkdir(mode=0o700)
             spec = replace(spec, env={**spec.env, "TMPDIR": str(private_tmp)})
-        _run_process(spec, adapter, result, heartbeat, on_output, lease)
+        _run_process(spec, parser, result, heartbeat, on_output, on_event, lease)
         if result.succeeded:
             _collect(spec, root_fd, result)
     except OSError as exc:
@@ -305,8 +412,8 @@ class _Supervised:
 
 
 def _run_process(
-    spec: ExecutionSpec, adapter: Adapter, result: ExecutionResult, heartbeat: Heartbeat | None,
-    on_output: OutputSink | None = None, lease: LeaseClock | None = None,
+    spec: ExecutionSpec, parser: StreamParser, result: ExecutionResult, heartbeat: Heartbeat | None,
+    on_output: OutputSink | None = None, on_event: EventSink | None = None, lease: LeaseClock | None = None,
 ) -> None:
     started = time.monotonic()
     setting = f"SCHEDULER_{spec.tool.upper()}_BIN"
@@ -328,58 +435,71 @@ def _run_process(
 
     stdout, stderr = BoundedBuffer(spec.stdout_limit), BoundedBuffer(spec.stdout_limit)
     live = LiveOutput(spec.live_output_bytes, spec.secrets) if on_output and spec.live_output_bytes > 0 else None
+    watch = _Watch(spec, parser)
     threads = [
-        threading.Thread(target=_drain, args=(proc.stdout, stdout, live, "stdout"), daemon=True),
-        threading.Thread(target=_drain, args=(proc.stderr, stderr, live, "stderr"), daemon=True),
+        threading.Thread(target=_drain, args=(proc.stdout, stdout, live, "stdout", watch.stdout), daemon=True),
+        threading.Thread(target=_drain, args=(proc.stderr, stderr, live, "stderr", watch.touch), daemon=True),
         threading.Thread(target=_feed_stdin, args=(proc.stdin, spec.stdin), daemon=True),
     ]
     for thread in threads:
         thread.start()
 
-    beat = heartbeat
-    if live is not None and on_output is not None:
-        def beat() -> Control:  # flush live output on every tick of the wait loop, then ask the heartbeat
-            chunks = live.drain()
-            if chunks:
+    tick = heartbeat
+    if live is not None or on_event is not None:
+        def tick() -> Control:  # on every tick of the wait loop: live output, then events, then the heartbeat
+            if live is not None and on_output is not None and (chunks := live.drain()):
                 on_output(chunks)
+            if on_event is not None and (events := parser.take_events()):
+                on_event(events)
             return heartbeat() if heartbeat is not None else Control.CONTINUE
 
     try:
-        stopped = _wait(supervised, spec, started, beat, lease)
+        try:
+            stopped = _wait(supervised, spec, started, tick, lease, watch)
+        finally:
+            # However the wait ended (even by an exception from the heartbeat), nothing the CLI started survives.
+            if proc.poll() is None:
+                supervised.stop(spec.kill_grace_seconds)
+            exit_code, reason = supervised.close()
+            for thread in threads:
+                thread.join(timeout=5)
+        if reason == "deadline" and not stopped:
+            stopped = "lease_lost"  # this worker stopped renewing (it was paused): the supervisor killed the run
+        if live is not None and on_output is not None and (chunks := live.drain(final=True)):
+            on_output(chunks)
+        watch.end()
+        _record(spec, parser, result, exit_code, stdout, stderr, started, stopped, watch)
     finally:
-        # However the wait ended (even by an exception from the heartbeat), nothing the CLI started survives.
-        if proc.poll() is None:
-            supervised.stop(spec.kill_grace_seconds)
-        exit_code, reason = supervised.close()
-        for thread in threads:
-            thread.join(timeout=5)
-    if reason == "deadline" and not stopped:
-        stopped = "lease_lost"  # this worker stopped renewing (it was paused): the supervisor killed the run
-    if live is not None and on_output is not None and (chunks := live.drain(final=True)):
-        on_output(chunks)
-    _record(spec, adapter, result, exit_code, stdout, stderr, started, stopped)
+        watch.close()
 
 
-def _wait(supervised: _Supervised, spec: ExecutionSpec, started: float, heartbeat: Heartbeat | None,
-          lease: LeaseClock | None) -> str:
-    """Wait for the CLI; returns why it was stopped ("timeout", "cancel", "lease_lost") or "" if it exited."""
+def _wait(supervised: _Supervised, spec: ExecutionSpec, started: float, tick: Heartbeat | None,
+          lease: LeaseClock | None, watch: _Watch) -> str:
+    """Wait for the CLI; returns why it was stopped ("timeout", "stalled", "budget", "cancel", "lease_lost") or
+    "" if it exited."""
     deadline = started + spec.timeout_seconds
-    next_beat = started + spec.heartbeat_interval if heartbeat is not None else float("inf")
-    exited = _ExitWaiter(supervised.proc)
+    next_beat = started + spec.heartbeat_interval if tick is not None else float("inf")
+    idle = spec.idle_timeout_seconds
+    exited = _ExitWaiter(supervised.proc, wake=watch.wake)
     sent_until = lease.valid_until if lease is not None else 0.0
     stopped = ""
     try:
         while True:
             now = time.monotonic()
-            wait_for = max(0.0, min(deadline, next_beat) - now)
+            idle_until = watch.last_activity + idle if idle > 0 else float("inf")
+            wait_for = max(0.0, min(deadline, next_beat, idle_until) - now)
             if exited(min(wait_for, 1.0)):
                 break
             now = time.monotonic()
-            if now >= deadline:
+            if watch.stop:
+                stopped = "budget"
+            elif now >= deadline:
                 stopped = "timeout"
-            elif heartbeat is not None and now >= next_beat:
+            elif idle > 0 and now - watch.last_activity >= idle:
+                stopped = "stalled"
+            elif tick is not None and now >= next_beat:
                 next_beat = now + spec.heartbeat_interval
-                control = heartbeat()
+                control = tick()
                 if control is not Control.CONTINUE:
                     stopped = control.value
                 elif lease is not None and lease.valid_until != sent_until:
@@ -397,8 +517,9 @@ class _ExitWaiter:
     """A wait that returns the moment the CLI exits. Popen.wait(timeout) polls with growing sleeps (up to
     50 ms of lag per job); a pidfd (Linux 5.3+) lets select() wake exactly on exit."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], *, wake: int | None = None) -> None:
         self.proc = proc
+        self.wake = wake  # readable when the run must be looked at now (a budget crossed): returns False early
         try:
             self.pidfd: int | None = os.pidfd_open(proc.pid)
         except (AttributeError, OSError):
@@ -406,7 +527,12 @@ class _ExitWaiter:
 
     def __call__(self, timeout: float) -> bool:
         if self.pidfd is not None:
-            ready, _, _ = select.select([self.pidfd], [], [], timeout)
+            fds = [self.pidfd] if self.wake is None else [self.pidfd, self.wake]
+            ready, _, _ = select.select(fds, [], [], timeout)
+            if self.wake is not None and self.wake in ready and self.pidfd not in ready:
+                with contextlib.suppress(OSError):
+                    os.read(self.wake, 64)
+                return False
             if not ready:
                 return False
         try:
@@ -421,29 +547,50 @@ class _ExitWaiter:
             self.pidfd = None
 
 
-def _record(spec: ExecutionSpec, adapter: Adapter, result: ExecutionResult, exit_code: int | None,
-            stdout: BoundedBuffer, stderr: BoundedBuffer, started: float, stopped: str) -> None:
+STOP_MESSAGES = {
+    "timeout": "timed out after {timeout:g}s; the CLI's process group was killed",
+    "cancel": "canceled while running; the CLI's process group was killed",
+    "lease_lost": "lease lost to another worker; this run was stopped",
+    "stalled": "stalled: no output and no event for {idle:g}s (the idle timeout); the CLI's process group was killed",
+}
+STOP_KINDS = {"timeout": FailureKind.TIMEOUT, "cancel": FailureKind.CANCELED, "lease_lost": FailureKind.WORKER_LOST,
+              "stalled": FailureKind.STALLED}
+
+
+def _record(spec: ExecutionSpec, parser: StreamParser, result: ExecutionResult, exit_code: int | None,
+            stdout: BoundedBuffer, stderr: BoundedBuffer, started: float, stopped: str, watch: _Watch) -> None:
     result.latency_ms = int((time.monotonic() - started) * 1000)
     result.exit_code = exit_code
     raw_out, raw_err = stdout.value(), stderr.value()
     result.stdout, result.stdout_truncated = raw_out.decode(errors="replace"), stdout.truncated
     result.stderr, result.stderr_truncated = raw_err.decode(errors="replace"), stderr.truncated
 
-    parsed = adapter.parse(stdout=raw_out, stderr=raw_err, exit_code=exit_code)
+    # From the parser's state, read as the stream went by: right however much of stdout the buffer kept.
+    parsed = parser.outcome(exit_code=exit_code, stdout=raw_out, stderr=raw_err)
     result.final_message = parsed.final_message
     result.input_tokens, result.output_tokens, result.cost_usd = (
         parsed.input_tokens, parsed.output_tokens, parsed.cost_usd,
     )
+    result.session_id, result.turns, result.cost_is_estimate = parsed.session_id, parsed.turns, parsed.cost_is_estimate
     result.details = parsed.details
-    if stopped:
+    notes = {"skipped_lines": watch.splitter.skipped, "dropped_events": parser.dropped_events,
+             "parse_errors": watch.parse_errors}
+    result.details.update({name: count for name, count in notes.items() if count})
+    if stopped in STOP_KINDS:
         # A run the executor killed is never a success, whatever the exit code (gemini exits 0 on SIGTERM).
-        result.failure_kind = {"timeout": FailureKind.TIMEOUT, "cancel": FailureKind.CANCELED,
-                               "lease_lost": FailureKind.WORKER_LOST}[stopped]
-        result.error_message = {
-            "timeout": f"timed out after {spec.timeout_seconds:g}s; the CLI's process group was killed",
-            "cancel": "canceled while running; the CLI's process group was killed",
-            "lease_lost": "lease lost to another worker; this run was stopped",
-        }[stopped]
+        result.failure_kind = STOP_KINDS[stopped]
+        result.error_message = STOP_MESSAGES[stopped].format(timeout=spec.timeout_seconds,
+                                                             idle=spec.idle_timeout_seconds)
+        return
+    crossed = watch.crossed or budget_crossed(spec, parser)
+    if crossed:
+        # Deterministic whoever won the race between the kill and the CLI's own exit: the usage passed a limit.
+        how = "the CLI's process group was killed" if stopped == "budget" else "reported as the run ended"
+        result.failure_kind, result.error_message = FailureKind.BUDGET_EXCEEDED, f"budget exceeded: {crossed}; {how}"
         return
     result.failure_kind, result.error_message = parsed.failure_kind, parsed.error_message
     result.retry_after_seconds = parsed.retry_after_seconds
+    if parsed.failure_kind == FailureKind.BUDGET_EXCEEDED and spec.max_cost_usd is not None:
+        cost = f"${parsed.cost_usd:.4f}" if parsed.cost_usd is not None else "its budget"
+        result.error_message = (f"budget exceeded: cost {cost} reached max_cost_usd ${spec.max_cost_usd:.4f}; "
+                                f"{spec.tool} stopped itself (--max-budget-usd)")

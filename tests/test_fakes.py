@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 BIN = Path(__file__).resolve().parent / "fakes" / "bin"
 TIMEOUT = 30
 
@@ -616,3 +618,101 @@ def test_hang_killing_only_the_pid_leaves_the_child(tmp_path):
         wait_for(lambda: not pid_alive(child))
     finally:
         _killpg_quietly(proc.pid)
+
+
+# ----------------------------------------------------------------------------- agent turns (issue 16)
+
+CLAUDE_STREAM = ["-p", "--output-format", "stream-json", "--verbose"]
+CODEX_JSON = ["exec", "--json", "--skip-git-repo-check", "-"]
+GEMINI_STREAM = ["-o", "stream-json", "--skip-trust"]
+
+
+def test_claude_stream_shows_tool_turns_and_writes_the_file(tmp_path):
+    prompt = fake(turns=2, turn_tokens=[100, 10], write={"out/a.md": "hello"}, answer="fin") + "\ngo"
+    r = run_fake("claude", CLAUDE_STREAM, tmp_path, stdin=prompt)
+    assert r.returncode == 0, r.stderr
+    events = jsonl(r.stdout)
+    blocks = [(e["type"], e["message"]["content"][0]["type"]) for e in events if e["type"] in ("assistant", "user")]
+    assert blocks == [("assistant", "text"), ("assistant", "tool_use"), ("user", "tool_result")] * 2 + [
+        ("assistant", "text")]
+    bash, write = [e["message"]["content"][0] for e in events if e["type"] == "assistant"][1:4:2]
+    assert (bash["name"], bash["input"]["command"]) == ("Bash", "echo step 1")
+    assert (write["name"], write["input"]["file_path"]) == ("Write", str(tmp_path / "work" / "out" / "a.md"))
+    ids = {e["message"]["id"] for e in events if e["type"] == "assistant"}
+    assert len(ids) == 3  # one message id per turn, one event per content block
+    result = events[-1]
+    assert (result["num_turns"], result["result"], result["usage"]["input_tokens"]) == (3, "fin", 300)
+    assert result["total_cost_usd"] == pytest.approx(3 * (0.000003 * 100 + 0.000015 * 10))
+    assert (tmp_path / "work" / "out" / "a.md").read_text() == "hello"
+
+
+def test_claude_stops_itself_at_max_budget_usd_between_turns(tmp_path):
+    prompt = fake(turns=4, turn_tokens=[100_000, 10_000], write={"never.txt": "x"}) + "\ngo"
+    r = run_fake("claude", [*CLAUDE_STREAM, "--max-budget-usd", "0.5"], tmp_path, stdin=prompt)
+    assert r.returncode == 1
+    result = jsonl(r.stdout)[-1]
+    assert (result["subtype"], result["is_error"], result["num_turns"]) == ("error_max_budget_usd", True, 2)
+    assert result["errors"] == ["Reached maximum budget ($0.5)"] and "result" not in result
+    assert not (tmp_path / "work" / "never.txt").exists()
+    for value in ("lots", "0"):
+        r = run_fake("claude", [*CLAUDE_STREAM, "--max-budget-usd", value], tmp_path, stdin="go")
+        assert (r.returncode, r.stdout) == (1, b"")
+        assert r.stderr == b"error: --max-budget-usd must be a positive number greater than 0\n"
+
+
+def test_codex_turns_stream_usage_per_turn_and_commands_in_flight(tmp_path):
+    prompt = fake(turns=3, turn_tokens=[1000, 100], write={"f.txt": "x"}, answer="done") + "\ngo"
+    r = run_fake("codex", CODEX_JSON, tmp_path, stdin=prompt)
+    assert r.returncode == 0, r.stderr
+    events = jsonl(r.stdout)
+    assert [e["type"] for e in events].count("turn.completed") == 3
+    assert sum(e["usage"]["input_tokens"] for e in events if e["type"] == "turn.completed") == 4000
+    started = [e["item"] for e in events if e["type"] == "item.started"]
+    assert [(i["type"], i["status"]) for i in started] == [("command_execution", "in_progress")] * 2
+    changes = [e["item"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == "file_change"]
+    assert changes[0]["changes"] == [{"path": str(tmp_path / "work" / "f.txt"), "kind": "add"}]
+    assert events[-2]["item"] == {"id": events[-2]["item"]["id"], "type": "agent_message", "text": "done"}
+    r = run_fake("codex", ["exec", "--json", "--max-budget-usd", "1", "-"], tmp_path, stdin="go")
+    assert r.returncode == 2 and b"unexpected argument '--max-budget-usd'" in r.stderr
+
+
+def test_gemini_stream_shows_tools_and_per_model_stats(tmp_path):
+    prompt = fake(turns=2, two_models=True, write={"g.txt": "x"}, answer="all done") + "\ngo"
+    r = run_fake("gemini", GEMINI_STREAM, tmp_path, stdin=prompt)
+    assert r.returncode == 0, r.stderr
+    events = jsonl(r.stdout)
+    assert [e["type"] for e in events] == ["init", "message", *(["message", "tool_use", "tool_result"] * 2),
+                                           "message", "result"]
+    uses = [e for e in events if e["type"] == "tool_use"]
+    assert [u["tool_name"] for u in uses] == ["run_shell_command", "write_file"]
+    assert uses[1]["parameters"]["file_path"] == str(tmp_path / "work" / "g.txt")
+    assert [e["tool_id"] for e in events if e["type"] == "tool_result"] == [u["tool_id"] for u in uses]
+    stats = events[-1]["stats"]
+    assert (stats["input_tokens"], stats["tool_calls"]) == (3000, 2)
+    assert sum(m["input_tokens"] for m in stats["models"].values()) == 3000 and len(stats["models"]) == 2
+    assert events[0]["session_id"] and (tmp_path / "work" / "g.txt").exists()
+
+
+def test_gemini_stream_failures_end_with_an_error_result_or_nothing_at_all(tmp_path):
+    r = run_fake("gemini", GEMINI_STREAM, tmp_path, stdin=fake(scenario="rate_limit", reset_in=34.8) + "\ngo")
+    assert r.returncode == 173
+    last = jsonl(r.stdout)[-1]
+    assert (last["type"], last["status"], last["error"]["type"]) == ("result", "error", "RetryableQuotaError")
+    assert last["error"]["message"].endswith("Please retry in 34.80s.")
+    r = run_fake("gemini", GEMINI_STREAM, tmp_path, stdin=fake(scenario="auth", auth_variant="no_auth") + "\ngo")
+    assert (r.returncode, r.stdout) == (41, b"")  # found before the session starts: no init, the text on stderr
+    assert b"Please set an Auth method" in r.stderr
+
+
+def test_turn_delay_lets_a_follower_see_events_before_the_end(tmp_path):
+    proc = subprocess.Popen([str(BIN / "codex"), *CODEX_JSON], cwd=_workdir(tmp_path), env=_env(tmp_path),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        proc.stdin.write((fake(turns=3, turn_delay=0.5) + "\ngo").encode())
+        proc.stdin.close()
+        first = json.loads(proc.stdout.readline())
+        assert first["type"] == "thread.started" and proc.poll() is None  # read while the CLI still works
+        assert any(r["event"] == "start" and r["session_id"] == first["thread_id"] for r in log_records(tmp_path))
+    finally:
+        proc.kill()
+        proc.wait(timeout=TIMEOUT)

@@ -231,11 +231,59 @@ class Run:
 
     @property
     def input_tokens(self) -> int:
+        if "turns" in self.directive:
+            return self.model_turns * self.turn_tokens[0]
         return len(self.prompt.split())
 
     @property
     def output_tokens(self) -> int:
+        if "turns" in self.directive:
+            return self.model_turns * self.turn_tokens[1]
         return len(self.answer.split())
+
+    # -- agent turns (`turns`, `write`): what a streaming run shows of its work
+    @property
+    def turn_tokens(self) -> tuple[int, int]:
+        tokens = self.directive.get("turn_tokens") or [1000, 100]
+        return int(tokens[0]), int(tokens[1])
+
+    @property
+    def turn_delay(self) -> float:
+        return float(self.directive.get("turn_delay", 0))
+
+    @property
+    def written_paths(self) -> list[str]:
+        return [*(self.directive.get("write") or {}), *(self.directive.get("write_bytes_b64") or {})]
+
+    @property
+    def model_turns(self) -> int:
+        """Model turns in all: `turns` (default 1: the answer), plus one that writes the `write` files."""
+        return max(1, int(self.directive.get("turns", 1))) + (1 if self.written_paths else 0)
+
+    def tool_turns(self, step_tool, write_tool) -> list[dict]:
+        """The turns before the answer, in order: `turns - 1` steps that run a command, then one that writes the
+        files (done here, on the way: only a run that gets this far writes them). Each is
+        {"text", "calls": [(tool name, input, output)], "usage": (in, out)}, built lazily by the caller."""
+        turns = []
+        for k in range(1, max(1, int(self.directive.get("turns", 1)))):
+            turns.append({"text": f"Step {k}: running a command.", "calls": [step_tool(k)], "usage": self.turn_tokens,
+                          "write": False})
+        if self.written_paths:
+            usage = self.turn_tokens if "turns" in self.directive else (self.input_tokens, 0)
+            turns.append({"text": f"Writing {', '.join(self.written_paths)}.", "usage": usage, "write": True,
+                          "calls": [write_tool(p, self._write_text(p)) for p in self.written_paths]})
+        return turns
+
+    def final_usage(self) -> tuple[int, int]:
+        if "turns" in self.directive:
+            return self.turn_tokens
+        return (0 if self.written_paths else self.input_tokens), self.output_tokens
+
+    def _write_text(self, rel: str) -> str:
+        text = (self.directive.get("write") or {}).get(rel)
+        if text is not None:
+            return str(text)
+        return f"({len(base64.b64decode(self.directive['write_bytes_b64'][rel]))} bytes)"
 
     @property
     def reset_in(self) -> float:
@@ -258,7 +306,7 @@ class Run:
                 stdin=subprocess.DEVNULL,
             )  # same process group, inherits stdout/stderr like a real tool subprocess
             extra["child_pid"] = self.child.pid
-        self.log("start", scenario=self.scenario, **extra)
+        self.log("start", scenario=self.scenario, session_id=self.session_id, **extra)
         self.start_logged = True
         echo = os.environ.get("FAKE_CLI_ECHO_ENV")
         if echo:  # a careless CLI that prints a secret: the scheduler must scrub it from what it records
@@ -504,13 +552,20 @@ def parse_claude(run: Run, argv: list[str]) -> dict:
                     f"option '{name} <{label}>' argument '{value}' is invalid. "
                     f"Allowed choices are {allowed}.",
                 )
-            if name in ("--max-turns", "--max-budget-usd"):
+            if name == "--max-turns":
                 try:
                     float(value)
                 except ValueError:
                     raise _commander_error(
                         run, f"option '{name} <{label}>' argument '{value}' is invalid."
                     ) from None
+            if name == "--max-budget-usd":  # 2.1.197: its own check, exit 1 (plus a stack trace we leave out)
+                try:
+                    positive = float(value) > 0
+                except ValueError:
+                    positive = False
+                if not positive:
+                    raise _commander_error(run, "--max-budget-usd must be a positive number greater than 0")
             if name in CLAUDE_VARIADIC:
                 opts["variadic"].setdefault(name, []).append(value)
             else:
@@ -555,55 +610,64 @@ def claude_main(run: Run, argv: list[str]) -> int:
     run.set_prompt(prompt)
     run.begin()
     model = run.model or DEFAULT_MODELS["claude"]
+    stream = fmt == "stream-json"
 
+    def emit(obj: dict) -> None:
+        if stream:
+            out(jdump(obj) + "\n")
+
+    emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "session_id": run.session_id,
+          "tools": ["Bash", "Edit", "Read", "Write"], "mcp_servers": [], "model": model,
+          "permissionMode": opts.get("permission-mode", "default"), "apiKeySource": "none",
+          "claude_code_version": VERSIONS["claude"].split()[0], "uuid": str(uuid.uuid4())})
+    budget = float(opts["max-budget-usd"]) if opts.get("max-budget-usd") is not None else None
     failure = None if run.ok else claude_failure(run)
     if failure is None:
-        run.apply_writes()
+        turns = run.tool_turns(
+            lambda k: ("Bash", {"command": f"echo step {k}", "description": f"Run step {k}"}, f"step {k}\n"),
+            lambda path, text: ("Write", {"file_path": os.path.join(os.getcwd(), path), "content": text},
+                                f"File created successfully at: {os.path.join(os.getcwd(), path)}"),
+        )
+        spent = 0.0
+        done_in = done_out = 0
+        for number, turn in enumerate(turns, start=1):
+            if turn["write"]:
+                run.apply_writes()
+            message_id = "msg_fake" + uuid.uuid4().hex[:20]
+            usage = _claude_usage(*turn["usage"])
+            blocks = [{"type": "text", "text": turn["text"]}]
+            blocks += [{"type": "tool_use", "id": f"toolu_{number}_{i}", "name": name, "input": args}
+                       for i, (name, args, _) in enumerate(turn["calls"])]
+            for block in blocks:  # verbose stream-json: one event per content block, the same message id
+                emit({"type": "assistant", "message": _claude_message(message_id, model, [block], usage, None),
+                      "parent_tool_use_id": None, "session_id": run.session_id, "uuid": str(uuid.uuid4())})
+            time.sleep(run.turn_delay)
+            emit({"type": "user", "message": {"role": "user", "content": [
+                {"tool_use_id": f"toolu_{number}_{i}", "type": "tool_result", "content": output, "is_error": False}
+                for i, (_, _, output) in enumerate(turn["calls"])]},
+                "parent_tool_use_id": None, "session_id": run.session_id, "uuid": str(uuid.uuid4())})
+            spent += claude_cost(*turn["usage"])
+            done_in, done_out = done_in + turn["usage"][0], done_out + turn["usage"][1]
+            if budget is not None and spent >= budget:  # checked between turns, as claude does
+                return claude_budget_stop(run, fmt, emit, model, number, spent, (done_in, done_out), budget)
+        if not turns or not turns[-1]["write"]:
+            run.apply_writes()  # files of another kind (write_raw_names) with no tool turn of their own
         result_text = run.answer
         in_tok, out_tok = run.input_tokens, run.output_tokens
-        cost = 0.000003 * in_tok + 0.000015 * out_tok
+        cost = claude_cost(in_tok, out_tok)
         is_error, api_status, code = False, None, 0
+        final_usage = _claude_usage(*run.final_usage())
+        num_turns = len(turns) + 1
     else:
         result_text, api_status, code = failure
         in_tok = out_tok = 0
         cost = 0.0
         is_error = True
-    usage = {
-        "input_tokens": in_tok,
-        "output_tokens": out_tok,
-        "cache_read_input_tokens": 0,
-        "cache_creation_input_tokens": 0,
-        "service_tier": "standard",
-    }
-    denials = [
-        {"tool_name": str(t), "tool_use_id": f"toolu_fake{n}", "tool_input": {}}
-        for n, t in enumerate(run.directive.get("deny") or [])
-    ]
-    result = {
-        "type": "result",
-        "subtype": "success",
-        "is_error": is_error,
-        "duration_ms": run.duration_ms(),
-        "duration_api_ms": run.duration_ms(),
-        "num_turns": 1,
-        "result": result_text,
-        "session_id": run.session_id,
-        "total_cost_usd": cost,
-        "usage": usage,
-        "modelUsage": {
-            model: {
-                "inputTokens": in_tok,
-                "outputTokens": out_tok,
-                "cacheReadInputTokens": 0,
-                "cacheCreationInputTokens": 0,
-                "webSearchRequests": 0,
-                "costUSD": cost,
-                "contextWindow": 200000,
-            }
-        },
-        "permission_denials": denials,
-        "uuid": str(uuid.uuid4()),
-    }
+        final_usage = _claude_usage(0, 0)
+        num_turns = 1
+    result = claude_result(run, model, subtype="success", is_error=is_error, num_turns=num_turns, cost=cost,
+                           tokens=(in_tok, out_tok))
+    result["result"] = result_text
     if api_status is not None:
         result["api_error_status"] = api_status
     if fmt == "text":
@@ -611,37 +675,13 @@ def claude_main(run: Run, argv: list[str]) -> int:
     elif fmt == "json":
         out(jdump(result) + "\n")
     else:
-        out(
-            jdump(
-                {
-                    "type": "system",
-                    "subtype": "init",
-                    "cwd": os.getcwd(),
-                    "session_id": run.session_id,
-                    "tools": ["Bash", "Edit", "Read", "Write"],
-                    "mcp_servers": [],
-                    "model": model,
-                    "permissionMode": opts.get("permission-mode", "default"),
-                    "apiKeySource": "none",
-                    "claude_code_version": VERSIONS["claude"].split()[0],
-                    "uuid": str(uuid.uuid4()),
-                }
-            )
-            + "\n"
-        )
-        message = {
-            "id": "msg_fake" + uuid.uuid4().hex[:20],
-            "type": "message",
-            "role": "assistant",
-            "model": model if failure is None else "<synthetic>",
-            "content": [{"type": "text", "text": result_text}],
-            "stop_reason": "end_turn" if failure is None else "stop_sequence",
-            "usage": usage,
-        }
+        message = _claude_message("msg_fake" + uuid.uuid4().hex[:20], model if failure is None else "<synthetic>",
+                                  [{"type": "text", "text": result_text}], final_usage,
+                                  "end_turn" if failure is None else "stop_sequence")
         assistant: dict = {"type": "assistant", "message": message, "session_id": run.session_id}
         if failure is not None:
             assistant["error"] = "rate_limit" if api_status == 429 else "unknown"
-        out(jdump(assistant) + "\n")
+        emit(assistant)
         if run.scenario == "rate_limit":
             info = {
                 "status": "rejected",
@@ -656,9 +696,72 @@ def claude_main(run: Run, argv: list[str]) -> int:
                 "resetsAt": int(time.time() + 5 * 3600),
                 "rateLimitType": "five_hour",
             }
-        out(jdump({"type": "rate_limit_event", "rate_limit_info": info, "session_id": run.session_id}) + "\n")
-        out(jdump(result) + "\n")
+        emit({"type": "rate_limit_event", "rate_limit_info": info, "session_id": run.session_id})
+        emit(result)
     return code
+
+
+def claude_cost(in_tok: int, out_tok: int) -> float:
+    return 0.000003 * in_tok + 0.000015 * out_tok
+
+
+def _claude_usage(in_tok: int, out_tok: int) -> dict:
+    return {"input_tokens": in_tok, "output_tokens": out_tok, "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0, "service_tier": "standard"}
+
+
+def _claude_message(message_id: str, model: str, content: list, usage: dict, stop_reason: str | None) -> dict:
+    return {"id": message_id, "type": "message", "role": "assistant", "model": model, "content": content,
+            "stop_reason": stop_reason, "usage": usage}
+
+
+def claude_result(run: Run, model: str, *, subtype: str, is_error: bool, num_turns: int, cost: float,
+                  tokens: tuple[int, int]) -> dict:
+    in_tok, out_tok = tokens
+    denials = [
+        {"tool_name": str(t), "tool_use_id": f"toolu_fake{n}", "tool_input": {}}
+        for n, t in enumerate(run.directive.get("deny") or [])
+    ]
+    return {
+        "type": "result",
+        "subtype": subtype,
+        "is_error": is_error,
+        "duration_ms": run.duration_ms(),
+        "duration_api_ms": run.duration_ms(),
+        "num_turns": num_turns,
+        "session_id": run.session_id,
+        "total_cost_usd": cost,
+        "usage": _claude_usage(in_tok, out_tok),
+        "modelUsage": {
+            model: {
+                "inputTokens": in_tok,
+                "outputTokens": out_tok,
+                "cacheReadInputTokens": 0,
+                "cacheCreationInputTokens": 0,
+                "webSearchRequests": 0,
+                "costUSD": cost,
+                "contextWindow": 200000,
+            }
+        },
+        "permission_denials": denials,
+        "uuid": str(uuid.uuid4()),
+    }
+
+
+def claude_budget_stop(run: Run, fmt: str, emit, model: str, turns: int, spent: float, tokens: tuple[int, int],
+                       budget: float) -> int:
+    """--max-budget-usd reached between turns: a result with subtype error_max_budget_usd (no `result` text,
+    an `errors` list), exit 1; the `write` files are not written."""
+    result = claude_result(run, model, subtype="error_max_budget_usd", is_error=True, num_turns=turns, cost=spent,
+                           tokens=tokens)
+    result["errors"] = [f"Reached maximum budget (${budget:g})"]
+    if fmt == "text":
+        err(f"Error: Reached maximum budget (${budget:g})\n")
+    elif fmt == "json":
+        out(jdump(result) + "\n")
+    else:
+        emit(result)
+    return 1
 
 
 def claude_reset_text(ts: float) -> str:
@@ -862,9 +965,9 @@ def codex_main(run: Run, argv: list[str]) -> int:
             out(jdump(obj) + "\n")
 
     event({"type": "thread.started", "thread_id": thread_id})
-    event({"type": "turn.started"})
     failure = None if run.ok else codex_failure(run)
     if failure is not None:
+        event({"type": "turn.started"})
         notices, message = failure
         for n in notices:
             event({"type": "error", "message": n})
@@ -875,26 +978,45 @@ def codex_main(run: Run, argv: list[str]) -> int:
         if not as_json:
             err(f"ERROR: {message}\n")
         return 1
-    event(
-        {"type": "item.completed", "item": {"id": "item_0", "type": "reasoning", "text": "**Working on it**"}}
-    )
+    turns = run.tool_turns(lambda k: ("command", f"bash -lc 'echo step {k}'", f"step {k}\n"), lambda p, t: p)
+    n = 0
+
+    def item(kind: str, **fields: object) -> dict:
+        nonlocal n
+        n += 1
+        return {"id": f"item_{n - 1}", "type": kind, **fields}
+
+    def usage_of(tokens: tuple[int, int]) -> dict:
+        return {"input_tokens": tokens[0], "cached_input_tokens": 0, "output_tokens": tokens[1]}
+
+    # `turns`: each step is a turn of its own here (a real `codex exec` runs one turn; a resumed session runs
+    # more), so that usage arrives while the run goes on.
+    for turn in (t for t in turns if not t["write"]):
+        event({"type": "turn.started"})
+        event({"type": "item.completed", "item": item("agent_message", text=turn["text"])})
+        (_, command, output), = turn["calls"]
+        started = item("command_execution", command=command, aggregated_output="", exit_code=None,
+                       status="in_progress")
+        event({"type": "item.started", "item": started})
+        time.sleep(run.turn_delay)
+        event({"type": "item.completed", "item": {**started, "aggregated_output": output, "exit_code": 0,
+                                                  "status": "completed"}})
+        event({"type": "turn.completed", "usage": usage_of(turn["usage"])})
+    event({"type": "turn.started"})
+    event({"type": "item.completed", "item": item("reasoning", text="**Working on it**")})
     if not as_json:
         err("thinking\n**Working on it**\n\n")
+    final_in, final_out = run.final_usage()
+    writing = [t for t in turns if t["write"]]
     written = run.apply_writes()
-    n = 1
-    if written:
-        changes = [{"path": os.path.join(os.getcwd(), p), "kind": "add"} for p in written]
-        event(
-            {
-                "type": "item.completed",
-                "item": {"id": f"item_{n}", "type": "file_change", "changes": changes, "status": "completed"},
-            }
-        )
-        n += 1
+    if writing:
+        final_in, final_out = final_in + writing[0]["usage"][0], final_out + writing[0]["usage"][1]
+        event({"type": "item.completed", "item": item("agent_message", text=writing[0]["text"])})
+        changes = [{"path": os.path.join(os.getcwd(), p), "kind": "add"} for p in written if p in run.written_paths]
+        event({"type": "item.completed", "item": item("file_change", changes=changes, status="completed")})
     answer = run.answer
-    event({"type": "item.completed", "item": {"id": f"item_{n}", "type": "agent_message", "text": answer}})
-    usage = {"input_tokens": run.input_tokens, "cached_input_tokens": 0, "output_tokens": run.output_tokens}
-    event({"type": "turn.completed", "usage": usage})
+    event({"type": "item.completed", "item": item("agent_message", text=answer)})
+    event({"type": "turn.completed", "usage": usage_of((final_in, final_out))})
     if not as_json:
         err(f"codex\n{answer}\n\ntokens used\n{run.input_tokens + run.output_tokens}\n")
         out(answer + "\n")
@@ -1080,17 +1202,39 @@ def gemini_main(run: Run, argv: list[str]) -> int:
     run.set_prompt(prompt)
     fmt = opts.get("output-format", "text")
     model = run.model or DEFAULT_MODELS["gemini"]
-    if fmt == "stream-json":
-        out(
-            jdump({"type": "init", "timestamp": _iso_now(), "session_id": run.session_id, "model": model})
-            + "\n"
-        )
-        out(jdump({"type": "message", "timestamp": _iso_now(), "role": "user", "content": run.prompt}) + "\n")
+    stream = fmt == "stream-json"
+
+    def emit(obj: dict) -> None:
+        if stream:
+            out(jdump({"type": obj.pop("type"), "timestamp": _iso_now(), **obj}) + "\n")
+
+    # A missing auth method is found before the session starts: no stream at all, the message on stderr.
+    if not (run.scenario == "auth" and run.directive.get("auth_variant") == "no_auth"):
+        emit({"type": "init", "session_id": run.session_id, "model": model})
+        emit({"type": "message", "role": "user", "content": run.prompt})
     run.begin()
     failure = None if run.ok else gemini_failure(run)
     if failure is not None:
         return gemini_fail(run, fmt, *failure)
-    run.apply_writes()
+    turns = run.tool_turns(
+        lambda k: ("run_shell_command", {"command": f"echo step {k}", "description": f"Run step {k}"}, f"step {k}"),
+        lambda path, text: ("write_file", {"file_path": os.path.join(os.getcwd(), path), "content": text},
+                            f"Successfully created and wrote to new file: {os.path.join(os.getcwd(), path)}."),
+    )
+    tool_calls = 0
+    for turn in turns:
+        if turn["write"]:
+            run.apply_writes()
+        emit({"type": "message", "role": "assistant", "content": turn["text"], "delta": True})
+        ids = [f"{name}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:12]}" for name, _, _ in turn["calls"]]
+        for tool_id, (name, args, _) in zip(ids, turn["calls"], strict=True):
+            emit({"type": "tool_use", "tool_name": name, "tool_id": tool_id, "parameters": args})
+        time.sleep(run.turn_delay)
+        for tool_id, (_, _, output) in zip(ids, turn["calls"], strict=True):
+            emit({"type": "tool_result", "tool_id": tool_id, "status": "success", "output": output})
+        tool_calls += len(ids)
+    if not turns or not turns[-1]["write"]:
+        run.apply_writes()  # files of another kind (write_raw_names) with no tool turn of their own
     answer = run.answer
     models = _gemini_model_stats(run, model)
     if fmt == "text":
@@ -1133,7 +1277,12 @@ def gemini_main(run: Run, argv: list[str]) -> int:
             "cached": 0,
             "input": run.input_tokens,
             "duration_ms": run.duration_ms(),
-            "tool_calls": 0,
+            "tool_calls": tool_calls,
+            "models": {
+                name: {"total_tokens": m["tokens"]["total"], "input_tokens": m["tokens"]["prompt"],
+                       "output_tokens": m["tokens"]["candidates"], "cached": 0, "input": m["tokens"]["input"]}
+                for name, m in models.items()
+            },
         }
         out(jdump({"type": "result", "timestamp": _iso_now(), "status": "success", "stats": stats}) + "\n")
     return 0
@@ -1221,7 +1370,7 @@ def gemini_fail(run: Run, fmt: str, exit_code: int, code: int, etype: str, messa
         doc = {"session_id": run.session_id, "error": {"type": etype, "message": message, "code": code}}
         err(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")  # stdout stays empty
         return exit_code
-    if fmt == "stream-json":
+    if fmt == "stream-json" and exit_code != 41:
         stats = {
             "total_tokens": 0,
             "input_tokens": 0,
@@ -1230,6 +1379,7 @@ def gemini_fail(run: Run, fmt: str, exit_code: int, code: int, etype: str, messa
             "input": 0,
             "duration_ms": run.duration_ms(),
             "tool_calls": 0,
+            "models": {},
         }
         out(
             jdump(

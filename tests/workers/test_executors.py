@@ -36,9 +36,10 @@ MODELS = {"claude": "claude-sonnet-4-5", "codex": "gpt-5-codex", "gemini": "gemi
 CREDENTIAL_VARS = {"claude": "ANTHROPIC_API_KEY", "codex": "CODEX_API_KEY", "gemini": "GEMINI_API_KEY"}
 SECRET = "sk-test-0123456789-very-secret"
 BASE_ARGV = {
-    "claude": ["-p", "--output-format", "json", "--permission-mode", "acceptEdits", "--setting-sources", "user"],
+    "claude": ["-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "acceptEdits",
+               "--setting-sources", "user"],
     "codex": ["exec", "--json", "--skip-git-repo-check", "--color", "never", "--sandbox", "workspace-write"],
-    "gemini": ["--output-format", "json", "--approval-mode", "auto_edit", "--skip-trust"],
+    "gemini": ["--output-format", "stream-json", "--approval-mode", "auto_edit", "--skip-trust"],
 }
 
 
@@ -148,7 +149,7 @@ def test_claude_success_reports_its_cost_and_session(tmp_path: Path) -> None:
     assert (result.input_tokens, result.output_tokens) == (tokens_in, tokens_out)
     assert result.cost_usd == 0.000003 * tokens_in + 0.000015 * tokens_out
     assert result.details["subtype"] == "success" and result.details["num_turns"] == 1
-    assert result.details["session_id"] == json.loads(result.stdout)["session_id"]
+    assert result.details["session_id"] == result.session_id == json.loads(result.stdout.splitlines()[-1])["session_id"]
 
 
 def test_gemini_tokens_are_summed_over_every_model_it_used(tmp_path: Path) -> None:
@@ -156,10 +157,10 @@ def test_gemini_tokens_are_summed_over_every_model_it_used(tmp_path: Path) -> No
 
     result = execute(_spec("gemini", tmp_path, prompt))
 
-    models = json.loads(result.stdout)["stats"]["models"]
+    models = json.loads(result.stdout.splitlines()[-1])["stats"]["models"]
     assert sorted(models) == ["gemini-2.5-flash-lite", "gemini-2.5-pro"]
-    per_model_prompt = [m["tokens"]["prompt"] for m in models.values()]
-    per_model_candidates = [m["tokens"]["candidates"] for m in models.values()]
+    per_model_prompt = [m["input_tokens"] for m in models.values()]
+    per_model_candidates = [m["output_tokens"] for m in models.values()]
     assert len(prompt.split()) not in per_model_prompt  # only the sum is right
     assert (result.input_tokens, result.output_tokens) == (len(prompt.split()), 5)
     assert (sum(per_model_prompt), sum(per_model_candidates)) == (len(prompt.split()), 5)
@@ -308,7 +309,8 @@ def test_claude_extra_args_are_appended_and_override_defaults() -> None:
         extra_args=["--max-turns=3", "--permission-mode=plan", "--allowedTools=Read,Edit"], allow_dangerous=False,
     )
 
-    assert argv == ["claude", "-p", "--output-format", "json", "--setting-sources", "user", "--model", "opus",
+    assert argv == ["claude", "-p", "--output-format", "stream-json", "--verbose", "--setting-sources", "user",
+                    "--model", "opus",
                     "--max-turns", "3", "--permission-mode", "plan", "--allowedTools", "Read,Edit"]
     assert "acceptEdits" not in argv
 
@@ -321,7 +323,8 @@ def test_codex_and_gemini_extra_args_override_defaults() -> None:
 
     assert codex == ["codex", "exec", "--json", "--skip-git-repo-check", "--color", "never",
                      "--sandbox", "read-only", "--config", "model_reasoning_effort=high", "-"]
-    assert gemini == ["gemini", "--output-format", "json", "--skip-trust", "--approval-mode", "plan", "--sandbox"]
+    assert gemini == ["gemini", "--output-format", "stream-json", "--skip-trust", "--approval-mode", "plan",
+                      "--sandbox"]
 
 
 @pytest.mark.parametrize(("tool", "extra_args"), [
@@ -448,11 +451,12 @@ def test_claude_credit_error_with_exit_zero_is_not_a_success(tmp_path: Path) -> 
     assert result.retry_after_seconds is None
 
 
-def test_gemini_rate_limit_exits_173_with_empty_stdout_and_the_reset_from_stderr(tmp_path: Path) -> None:
+def test_gemini_rate_limit_exits_173_with_the_error_result_and_its_reset(tmp_path: Path) -> None:
     result = execute(_spec("gemini", tmp_path, _prompt("go", scenario="rate_limit", reset_in=34.89)))
 
-    assert (result.exit_code, result.stdout, result.failure_kind) == (173, "", "rate_limited")
-    assert json.loads(result.stderr)["error"]["type"] == "RetryableQuotaError"
+    assert (result.exit_code, result.failure_kind) == (173, "rate_limited")
+    last = json.loads(result.stdout.splitlines()[-1])  # stream-json: the error is the stream's own result
+    assert (last["type"], last["status"], last["error"]["type"]) == ("result", "error", "RetryableQuotaError")
     assert result.error_message.endswith("Please retry in 34.89s.")
     assert result.retry_after_seconds == 34.89
 
@@ -599,10 +603,11 @@ def test_huge_stdout_is_bounded_and_the_final_result_still_parsed(tool: str, tmp
 def test_stdout_under_the_limit_is_kept_whole(tmp_path: Path) -> None:
     result = execute(_spec("claude", tmp_path, _prompt("go", stdout_bytes=1000), stdout_limit=64 * 1024))
 
-    *filler, last = result.stdout.splitlines(keepends=True)
+    lines = result.stdout.splitlines(keepends=True)
+    filler = [line for line in lines if not line.startswith("{")]
     assert not result.stdout_truncated
     assert sum(len(line) for line in filler) == 1000
-    assert json.loads(last)["type"] == "result"
+    assert json.loads(lines[-1])["type"] == "result"
 
 
 # -- 8. missing CLI --------------------------------------------------------------------------------------
@@ -748,8 +753,9 @@ def test_execution_spec_runs_the_cli_with_the_groups_credential_only(settings: A
     result = execute(spec)
 
     assert spec.work_dir == tmp_path / "work-root" / f"{ctx.task_id}-2"
-    assert spec.argv == [str(FAKES_BIN / "claude"), "-p", "--output-format", "json", "--permission-mode",
-                         "acceptEdits", "--setting-sources", "user", "--model", "opus", "--max-turns", "2"]
+    assert spec.argv == [str(FAKES_BIN / "claude"), "-p", "--output-format", "stream-json", "--verbose",
+                         "--permission-mode", "acceptEdits", "--setting-sources", "user", "--model", "opus",
+                         "--max-turns", "2"]
     assert (spec.stdin, spec.secrets, spec.timeout_seconds) == (ctx.prompt.encode(), ("group-credential",), 60.0)
     assert spec.kill_grace_seconds == 2.0
     assert (result.failure_kind, result.final_message) == ("", "hi")  # CLAUDECODE did not reach it
