@@ -14,13 +14,14 @@ import time
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
-from executors import ConfigurationError, Control, ExecutionResult, FailureKind
+from executors import ConfigurationError, Control, ExecutionResult, FailureKind, RunEvent
 from executors.base import LeaseClock
 from executors.runner import execute
 from tasks_app.logformat import log_context
 from tasks_app.services.runs import (
     RunContext,
     run_check,
+    run_events_append,
     run_finish,
     run_heartbeat,
     run_log_append,
@@ -128,5 +129,16 @@ def _execute(ctx: RunContext, lease: LeaseClock) -> ExecutionResult:
             logger.warning("database unreachable: %d live output chunk(s) not stored (%s)", len(chunks), exc)
             _drop_connection()
 
+    next_event = 0
+
+    def on_event(events: list[RunEvent]) -> None:
+        nonlocal next_event
+        try:
+            next_event = run_events_append(run_id=ctx.run_id, events=events, first_seq=next_event)
+        except TRANSIENT_DB_ERRORS as exc:
+            # Like live output: the timeline is a view; the run's result is recorded at the end regardless.
+            logger.warning("database unreachable: %d timeline event(s) not stored (%s)", len(events), exc)
+            _drop_connection()
+
     close_old_connections()  # hold no idle DB connection state across a long CLI run
-    return execute(spec, heartbeat=heartbeat, on_output=on_output, lease=lease)
+    return execute(spec, heartbeat=heartbeat, on_output=on_output, on_event=on_event, lease=lease)

@@ -49,6 +49,7 @@ def execution_spec(ctx: RunContext) -> ExecutionSpec:
     argv = adapter.build(
         binary=binary, model=ctx.model, extra_args=ctx.extra_args,
         allow_dangerous=ctx.allow_dangerous_flags and settings.SCHEDULER_ALLOW_DANGEROUS_FLAGS,
+        max_cost_usd=ctx.max_cost_usd,
     )
     work_dir = Path(settings.SCHEDULER_WORK_DIR) / f"{ctx.task_id}-{ctx.attempt}"
     return ExecutionSpec(
