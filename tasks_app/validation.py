@@ -45,7 +45,7 @@ def relative_path(value: object, *, field: str, allow_glob: bool = False) -> str
 
 
 def json_object(value: object, *, field: str, max_bytes: int = 64 * 1024) -> dict:
-    """A JSON object PostgreSQL's jsonb can hold: no NUL in any string, bounded size."""
+    """A JSON object PostgreSQL's jsonb can hold: no NUL in any string, no lone surrogate, bounded size."""
     if not isinstance(value, dict):
         raise fail(field, "must be a JSON object")
     try:
@@ -54,6 +54,10 @@ def json_object(value: object, *, field: str, max_bytes: int = 64 * 1024) -> dic
         raise fail(field, "must contain only JSON values (no NaN or Infinity)") from None
     if "\\u0000" in encoded:
         raise fail(field, "must not contain NUL characters (\\u0000)")
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise fail(field, "must contain only valid Unicode text (no lone surrogates such as \\ud800)") from None
     if len(encoded.encode()) > max_bytes:
         raise fail(field, f"must be at most {max_bytes} bytes of JSON")
     return value

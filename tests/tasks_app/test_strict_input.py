@@ -1,0 +1,175 @@
+"""Issue 15, strict input: unknown fields and wrong JSON types are a 400 naming them, schedules repeat at most
+every SCHEDULER_MIN_SCHEDULE_INTERVAL seconds, cron mistakes name their field, path segments fit a file system,
+and a CLI-chosen file name cannot forge the Content-Disposition header. Every producer (API, intake,
+schedulerctl, admin, services) gets the same rules."""
+
+from __future__ import annotations
+
+import pytest
+from django_celery_beat.models import PeriodicTask
+from rest_framework.test import APIClient
+
+from tasks_app.models import Schedule, Task, TaskEvent, TaskFile, WorkerGroup
+from tests.factories import WorkerGroupFactory
+from tests.tasks_app.test_api import client_for
+
+pytestmark = pytest.mark.django_db
+
+TASK = {"tool": "claude", "prompt": "hello"}
+SCHEDULE = {"name": "nightly", "tool": "codex", "prompt": "summarise", "cron": "0 9 * * 1-5",
+            "timezone": "Europe/Berlin"}
+
+
+@pytest.fixture
+def alice() -> APIClient:
+    return client_for("alice", "acme")
+
+
+@pytest.fixture
+def staff() -> APIClient:
+    return client_for("root", "ops", staff=True)
+
+
+def _nothing_written() -> None:
+    assert (Task.objects.count(), TaskEvent.objects.count(), TaskFile.objects.count()) == (0, 0, 0)
+    assert Schedule.objects.count() == 0
+    assert not PeriodicTask.objects.filter(task="workers.fire_schedule").exists()
+
+
+# -- unknown fields ---------------------------------------------------------------------------------
+def test_a_misspelt_task_field_is_400_naming_it_with_a_suggestion(alice: APIClient) -> None:
+    response = alice.post("/api/v1/tasks/", {**TASK, "priorty": 9}, format="json")
+
+    assert response.status_code == 400
+    assert response.json() == {"priorty": ["is not a field of this request; did you mean 'priority'?"]}
+    _nothing_written()
+
+
+def test_unknown_fields_are_reported_together_with_the_other_errors(alice: APIClient) -> None:
+    response = alice.post("/api/v1/tasks/", {**TASK, "priority": 10, "colour": "red", "tags": ["x"]}, format="json")
+
+    assert response.status_code == 400
+    assert set(response.json()) == {"priority", "colour", "tags"}
+    assert response.json()["colour"] == ["is not a field of this request"]
+    _nothing_written()
+
+
+def test_an_unknown_field_of_an_input_file_is_400_naming_it(alice: APIClient) -> None:
+    body = {**TASK, "input_files": [{"path": "a.txt", "content": "x"}, {"path": "b.txt", "contents": "y"}]}
+
+    response = alice.post("/api/v1/tasks/", body, format="json")
+
+    assert response.status_code == 400
+    assert response.json() == {"input_files": {"1": {"contents": [
+        "is not a field of this request; did you mean 'content'?"]}}}
+    _nothing_written()
+
+
+def test_an_unknown_schedule_field_is_400_on_create_and_on_patch(alice: APIClient) -> None:
+    created = alice.post("/api/v1/schedules/", {**SCHEDULE, "overlap": "allow"}, format="json")
+    assert created.status_code == 400
+    assert created.json() == {"overlap": ["is not a field of this request; did you mean 'overlap_policy'?"]}
+    _nothing_written()
+
+    schedule_id = alice.post("/api/v1/schedules/", SCHEDULE, format="json").json()["id"]
+    patched = alice.patch(f"/api/v1/schedules/{schedule_id}/", {"promt": "new"}, format="json")
+
+    assert patched.status_code == 400 and "promt" in patched.json()
+    assert Schedule.objects.get(pk=schedule_id).prompt == "summarise"
+
+
+def test_worker_group_patch_refuses_unknown_and_read_only_fields_and_changes_nothing(staff: APIClient) -> None:
+    WorkerGroupFactory(account="main", max_concurrent=2)
+
+    misspelt = staff.patch("/api/v1/worker-groups/claude-main/", {"max_concurent": 5}, format="json")
+    read_only = staff.patch("/api/v1/worker-groups/claude-main/", {"tool": "codex", "health": "ok"}, format="json")
+    created = staff.post("/api/v1/worker-groups/", {"tool": "codex", "account": "x", "credential": {}},
+                         format="json")
+
+    assert misspelt.status_code == 400
+    assert misspelt.json() == {"max_concurent": ["is not a field of this request; did you mean 'max_concurrent'?"]}
+    assert read_only.status_code == 400
+    assert read_only.json() == {"tool": ["is read-only here"], "health": ["is read-only here"]}
+    assert created.status_code == 400 and "credential" in created.json()
+    group = WorkerGroup.objects.get()
+    assert (group.tool, group.max_concurrent) == ("claude", 2)
+
+
+def test_intake_refuses_unknown_fields_before_asking_the_model(alice: APIClient) -> None:
+    top = alice.post("/api/v1/intake/", {"text": "run the tests", "confrim": True}, format="json")
+    nested = alice.post("/api/v1/intake/", {"proposal": {"kind": "none", "colour": "red"}}, format="json")
+
+    assert top.status_code == 400 and top.json() == {"confrim": ["is not a field of this request; did you mean "
+                                                                 "'confirm'?"]}
+    assert nested.status_code == 400 and "colour" in nested.json()["proposal"]
+    _nothing_written()
+
+
+# -- wrong JSON types -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"priority": "9"}, "priority", "must be an integer, not str"),
+        ({"priority": True}, "priority", "must be an integer, not bool"),
+        ({"priority": 5.5}, "priority", "must be a whole number"),
+        ({"max_attempts": "3"}, "max_attempts", "must be an integer, not str"),
+        ({"timeout_seconds": "600"}, "timeout_seconds", "must be an integer, not str"),
+        ({"tool": ["claude"]}, "tool", "must be a string, not list"),
+    ],
+)
+def test_strings_for_integers_and_other_wrong_types_are_400_on_tasks(alice: APIClient, change: dict, field: str,
+                                                                     message: str) -> None:
+    response = alice.post("/api/v1/tasks/", {**TASK, **change}, format="json")
+
+    assert response.status_code == 400
+    assert response.json() == {field: [message]}
+    _nothing_written()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"interval_seconds": "3600", "cron": ""}, "interval_seconds"), ({"priority": "5"}, "priority"),
+     ({"enabled": "yes"}, "enabled"), ({"enabled": 1}, "enabled"), ({"max_attempts": "2"}, "max_attempts")],
+)
+def test_wrong_types_are_400_on_schedules(alice: APIClient, change: dict, field: str) -> None:
+    response = alice.post("/api/v1/schedules/", {**SCHEDULE, **change}, format="json")
+
+    assert response.status_code == 400 and list(response.json()) == [field], response.json()
+    _nothing_written()
+
+
+@pytest.mark.parametrize("change", [{"max_concurrent": "5"}, {"enabled": "false"}, {"allow_dangerous_flags": 0}])
+def test_wrong_types_are_400_on_worker_groups(staff: APIClient, change: dict) -> None:
+    WorkerGroupFactory(account="main", max_concurrent=2)
+
+    response = staff.patch("/api/v1/worker-groups/claude-main/", change, format="json")
+
+    assert response.status_code == 400 and list(response.json()) == list(change)
+    group = WorkerGroup.objects.get()
+    assert (group.max_concurrent, group.enabled, group.allow_dangerous_flags) == (2, True, False)
+
+
+def test_wrong_types_are_400_on_intake(alice: APIClient) -> None:
+    confirm = alice.post("/api/v1/intake/", {"text": "run the tests", "confirm": "true"}, format="json")
+    priority = alice.post("/api/v1/intake/", {"proposal": {"kind": "none", "priority": "5"}}, format="json")
+
+    assert confirm.status_code == 400 and confirm.json() == {"confirm": ["must be true or false, not str"]}
+    assert priority.status_code == 400 and priority.json() == {"proposal": {"priority": ["must be an integer, "
+                                                                                         "not str"]}}
+
+
+def test_an_integral_json_number_is_still_an_integer(alice: APIClient) -> None:
+    response = alice.post("/api/v1/tasks/", {**TASK, "priority": 7.0}, format="json")
+
+    assert response.status_code == 201 and response.json()["priority"] == 7
+
+
+def test_a_lone_surrogate_in_metadata_is_400_not_500(alice: APIClient) -> None:
+    body = '{"tool": "claude", "prompt": "hello", "metadata": {"note": "\\ud800"}}'
+
+    response = alice.post("/api/v1/tasks/", body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.json() == {"metadata": ["must contain only valid Unicode text (no lone surrogates such as "
+                                            "\\ud800)"]}
+    _nothing_written()
