@@ -13,6 +13,8 @@ import re
 from django.core.exceptions import ValidationError
 
 MAX_PATH_CHARS = 1024
+# NAME_MAX on Linux (ext4, xfs, tmpfs) and most other file systems: a longer name fails every run at write time.
+MAX_SEGMENT_BYTES = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _GLOB_CHARS = set("*?[")
 
@@ -36,6 +38,10 @@ def relative_path(value: object, *, field: str, allow_glob: bool = False) -> str
     segments = value.split("/")
     if ".." in segments:
         raise fail(field, f"{value!r} must not contain '..' segments")
+    if any(len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES for segment in segments):
+        shown = repr(value) if len(value) <= 80 else f"{value[:80]!r}…"
+        raise fail(field, f"{shown} has a segment longer than {MAX_SEGMENT_BYTES} bytes (UTF-8), "
+                          "more than a file system allows in one name")
     normalised = posixpath.normpath(value)
     if normalised in (".", "") or normalised.startswith("../"):
         raise fail(field, f"{value!r} does not name a file inside the work dir")

@@ -6,10 +6,13 @@ schedulerctl, admin, services) gets the same rules."""
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import ValidationError
 from django_celery_beat.models import PeriodicTask
 from rest_framework.test import APIClient
 
 from tasks_app.models import Schedule, Task, TaskEvent, TaskFile, WorkerGroup
+from tasks_app.services.schedules import ScheduleSpec, schedule_create
+from tasks_app.services.tasks import InputFile, TaskSpec, task_create
 from tests.factories import WorkerGroupFactory
 from tests.tasks_app.test_api import client_for
 
@@ -173,3 +176,34 @@ def test_a_lone_surrogate_in_metadata_is_400_not_500(alice: APIClient) -> None:
     assert response.json() == {"metadata": ["must contain only valid Unicode text (no lone surrogates such as "
                                             "\\ud800)"]}
     _nothing_written()
+
+
+# -- path segments ----------------------------------------------------------------------------------
+LONG_SEGMENT = "é" * 128  # 128 characters, 256 bytes of UTF-8
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"input_files": [{"path": f"in/{LONG_SEGMENT}.txt", "content": "x"}]}, "input_files[0].path"),
+        ({"output_files": ["ok.txt", f"{'x' * 256}/report.md"]}, "output_files[1]"),
+        ({"output_files": [f"out/{'a' * 252}*.md"]}, "output_files[0]"),
+    ],
+)
+def test_a_path_segment_over_255_bytes_is_refused_at_create(alice: APIClient, change: dict, field: str) -> None:
+    response = alice.post("/api/v1/tasks/", {**TASK, **change}, format="json")
+
+    assert response.status_code == 400
+    assert field in response.json()
+    assert "longer than 255 bytes" in response.json()[field][0]
+    _nothing_written()
+
+
+def test_a_segment_of_exactly_255_bytes_is_fine_and_schedules_get_the_rule_too() -> None:
+    task, _ = task_create(spec=TaskSpec(tool="claude", prompt="p", input_files=[InputFile("é" * 127 + "x", b"1")],
+                                        output_files=["y" * 255]), source="api")
+    assert task.output_files == ["y" * 255]
+
+    with pytest.raises(ValidationError) as excinfo:
+        schedule_create(spec=ScheduleSpec(**{**SCHEDULE, "output_files": ["z" * 256]}))
+    assert list(excinfo.value.message_dict) == ["output_files[0]"]
