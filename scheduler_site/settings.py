@@ -296,6 +296,8 @@ SCHEDULER_MAX_OUTPUT_BYTES = env.int("SCHEDULER_MAX_OUTPUT_BYTES", default=10 * 
 SCHEDULER_MAX_TOTAL_BYTES = env.int("SCHEDULER_MAX_TOTAL_BYTES", default=50 * 1024 * 1024)
 SCHEDULER_MAX_PROMPT_CHARS = env.int("SCHEDULER_MAX_PROMPT_CHARS", default=200_000)
 SCHEDULER_INLINE_FILE_BYTES = env.int("SCHEDULER_INLINE_FILE_BYTES", default=256 * 1024)
+# A schedule (interval or cron) may not fire more often than this: every firing is a paid CLI run.
+SCHEDULER_MIN_SCHEDULE_INTERVAL = env.int("SCHEDULER_MIN_SCHEDULE_INTERVAL", default=60)
 SCHEDULER_STDOUT_LIMIT = env.int("SCHEDULER_STDOUT_LIMIT", default=1024 * 1024)
 SCHEDULER_ALLOW_DANGEROUS_FLAGS = env.bool("SCHEDULER_ALLOW_DANGEROUS_FLAGS", default=False)
 # Extra variable names (or PREFIX_*) a group's env and credentials may hold, beyond each tool's allow-list

@@ -352,7 +352,8 @@ class ScheduleWriteSerializer(StrictSerializer):
     name = StrictCharField(max_length=200)
     cron = StrictCharField(required=False, allow_blank=True, max_length=120)
     timezone = StrictCharField(required=False, max_length=64)
-    interval_seconds = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=31622400)
+    interval_seconds = StrictIntegerField(required=False, allow_null=True, max_value=31622400,
+                                          help_text="At least SCHEDULER_MIN_SCHEDULE_INTERVAL (default 60).")
     run_at = serializers.DateTimeField(required=False, allow_null=True)
     overlap_policy = StrictChoiceField(choices=OverlapPolicy.choices, required=False)
     enabled = StrictBooleanField(required=False)

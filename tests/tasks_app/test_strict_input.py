@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.test import Client
+from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 from rest_framework.test import APIClient
 
+from tasks_app.cli import run
 from tasks_app.models import Schedule, Task, TaskEvent, TaskFile, WorkerGroup
-from tasks_app.services.schedules import ScheduleSpec, schedule_create
+from tasks_app.services.schedules import ScheduleSpec, schedule_create, schedule_update
 from tasks_app.services.tasks import InputFile, TaskSpec, task_create
 from tests.factories import WorkerGroupFactory
 from tests.tasks_app.test_api import client_for
@@ -176,6 +179,121 @@ def test_a_lone_surrogate_in_metadata_is_400_not_500(alice: APIClient) -> None:
     assert response.json() == {"metadata": ["must contain only valid Unicode text (no lone surrogates such as "
                                             "\\ud800)"]}
     _nothing_written()
+
+
+# -- schedules: minimum interval and cron -----------------------------------------------------------
+def test_an_interval_below_the_minimum_is_400_naming_the_setting(alice: APIClient) -> None:
+    response = alice.post("/api/v1/schedules/", {**SCHEDULE, "cron": "", "interval_seconds": 1}, format="json")
+
+    assert response.status_code == 400
+    assert response.json() == {"interval_seconds": [
+        "must be at least 60 seconds (SCHEDULER_MIN_SCHEDULE_INTERVAL); got 1"]}
+    _nothing_written()
+    ok = alice.post("/api/v1/schedules/", {**SCHEDULE, "cron": "", "interval_seconds": 60}, format="json")
+    assert ok.status_code == 201, ok.json()
+
+
+def test_patching_an_interval_below_the_minimum_is_refused_and_changes_nothing(alice: APIClient) -> None:
+    schedule_id = alice.post("/api/v1/schedules/", SCHEDULE, format="json").json()["id"]
+
+    response = alice.patch(f"/api/v1/schedules/{schedule_id}/", {"interval_seconds": 59}, format="json")
+
+    assert response.status_code == 400 and list(response.json()) == ["interval_seconds"]
+    schedule = Schedule.objects.get(pk=schedule_id)
+    assert (schedule.cron, schedule.interval_seconds) == ("0 9 * * 1-5", None)
+
+
+@pytest.mark.parametrize(
+    ("cron", "gap"), [("* * * * *", 60), ("0,1 9 * * *", 60), ("*/5,7 * * * *", 120), ("0 0,23 * * *", 3600)],
+)
+def test_a_cron_firing_more_often_than_the_minimum_is_refused(settings, cron: str, gap: int) -> None:
+    settings.SCHEDULER_MIN_SCHEDULE_INTERVAL = 300 if gap < 300 else 7200
+
+    with pytest.raises(ValidationError) as excinfo:
+        schedule_create(spec=ScheduleSpec(**{**SCHEDULE, "cron": cron}))
+
+    assert excinfo.value.message_dict == {"cron": [
+        f"{cron!r} fires {gap} seconds apart at its closest; the minimum is "
+        f"{settings.SCHEDULER_MIN_SCHEDULE_INTERVAL} seconds (SCHEDULER_MIN_SCHEDULE_INTERVAL)"]}
+    assert Schedule.objects.count() == 0
+
+
+def test_a_cron_at_the_minimum_is_accepted(settings) -> None:
+    settings.SCHEDULER_MIN_SCHEDULE_INTERVAL = 300
+
+    schedule = schedule_create(spec=ScheduleSpec(**{**SCHEDULE, "cron": "*/5 * * * *"}))
+
+    assert schedule.next_run_at is not None
+
+
+def test_every_minute_is_fine_at_the_default_minimum() -> None:
+    schedule = schedule_create(spec=ScheduleSpec(**{**SCHEDULE, "cron": "* * * * *"}))
+
+    assert schedule.next_run_at is not None
+
+
+def test_an_impossible_cron_is_400_saying_it_never_fires(alice: APIClient) -> None:
+    response = alice.post("/api/v1/schedules/", {**SCHEDULE, "cron": "0 0 30 2 *"}, format="json")
+
+    assert response.status_code == 400
+    assert response.json() == {"cron": [
+        "'0 0 30 2 *' never fires: no date matches its day of month and month (like 30 February)"]}
+    _nothing_written()
+
+
+@pytest.mark.parametrize(
+    ("cron", "message"),
+    [
+        ("61 * * * *", "'61 * * * *': minute '61' is out of range; minute takes 0-59"),
+        ("0 25 * * *", "'0 25 * * *': hour '25' is out of range; hour takes 0-23"),
+        ("0 0 32 * *", "'0 0 32 * *': day of month '32' is out of range; day of month takes 1-31"),
+        ("0 0 0 * *", "'0 0 0 * *': day of month '0' is out of range; day of month takes 1-31"),
+        ("0 0 1 13 *", "'0 0 1 13 *': month '13' is out of range; month takes 1-12 or jan-dec"),
+        ("0 0 * * 8", "'0 0 * * 8': day of week '8' is out of range; day of week takes 0-6 or sun-sat (7 is sunday)"),
+        ("0 0 L * *", "'0 0 L * *': day of month 'L' is not valid; day of month takes 1-31"),
+        ("*/0 * * * *", "'*/0 * * * *': minute '*/0' is not valid; minute takes 0-59"),
+    ],
+)
+def test_a_cron_field_out_of_range_is_named_with_its_range(alice: APIClient, cron: str, message: str) -> None:
+    response = alice.post("/api/v1/schedules/", {**SCHEDULE, "cron": cron}, format="json")
+
+    assert response.status_code == 400
+    assert response.json() == {"cron": [message]}
+    _nothing_written()
+
+
+def test_schedulerctl_refuses_every_second_and_creates_nothing(capsys) -> None:
+    assert run(["schedules", "add", "x", "codex", "p", "--every", "1"]) == 2
+
+    assert capsys.readouterr().err.strip() == (
+        "schedulerctl: error: interval_seconds: must be at least 60 seconds (SCHEDULER_MIN_SCHEDULE_INTERVAL); got 1")
+    _nothing_written()
+
+
+def test_the_admin_refuses_every_second_on_the_interval_field(admin_client: Client) -> None:
+    form = {"name": "poller", "tenant": "acme", "enabled": "on", "cron": "", "timezone": "UTC",
+            "interval_seconds": "1", "run_at_0": "", "run_at_1": "", "tool": "codex", "model": "",
+            "prompt": "poll", "output_files": "", "priority": "5", "max_attempts": "3", "timeout_seconds": "",
+            "worker_group": "", "overlap_policy": "skip"}
+
+    response = admin_client.post(reverse("admin:tasks_app_schedule_add"), form)
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {"interval_seconds": [
+        "must be at least 60 seconds (SCHEDULER_MIN_SCHEDULE_INTERVAL); got 1"]}
+    _nothing_written()
+
+
+def test_an_existing_too_frequent_schedule_cannot_be_updated_without_fixing_its_timing(settings) -> None:
+    settings.SCHEDULER_MIN_SCHEDULE_INTERVAL = 1
+    schedule = schedule_create(spec=ScheduleSpec(**{**SCHEDULE, "cron": "", "interval_seconds": 1}))
+    settings.SCHEDULER_MIN_SCHEDULE_INTERVAL = 60
+
+    with pytest.raises(ValidationError) as excinfo:
+        schedule_update(schedule_id=schedule.pk, changes={"prompt": "new"})
+    assert list(excinfo.value.message_dict) == ["interval_seconds"]
+    updated = schedule_update(schedule_id=schedule.pk, changes={"prompt": "new", "interval_seconds": 600})
+    assert (updated.prompt, updated.interval_seconds) == ("new", 600)
 
 
 # -- path segments ----------------------------------------------------------------------------------
