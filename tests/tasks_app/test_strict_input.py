@@ -5,6 +5,9 @@ schedulerctl, admin, services) gets the same rules."""
 
 from __future__ import annotations
 
+import re
+from urllib.parse import unquote
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.test import Client
@@ -13,9 +16,9 @@ from django_celery_beat.models import PeriodicTask
 from rest_framework.test import APIClient
 
 from tasks_app.cli import run
-from tasks_app.models import Schedule, Task, TaskEvent, TaskFile, WorkerGroup
+from tasks_app.models import Schedule, Task, TaskEvent, TaskFile, TaskRun, WorkerGroup
 from tasks_app.services.schedules import ScheduleSpec, schedule_create, schedule_update
-from tasks_app.services.tasks import InputFile, TaskSpec, task_create
+from tasks_app.services.tasks import InputFile, TaskSpec, stored_file, task_create
 from tests.factories import WorkerGroupFactory
 from tests.tasks_app.test_api import client_for
 
@@ -325,3 +328,49 @@ def test_a_segment_of_exactly_255_bytes_is_fine_and_schedules_get_the_rule_too()
     with pytest.raises(ValidationError) as excinfo:
         schedule_create(spec=ScheduleSpec(**{**SCHEDULE, "output_files": ["z" * 256]}))
     assert list(excinfo.value.message_dict) == ["output_files[0]"]
+
+
+# -- Content-Disposition ----------------------------------------------------------------------------
+HOSTILE_NAME = 'report"; filename="evil.exe\r\nSet-Cookie: session=stolen; ünïcode.txt'
+
+
+def _output(task_id: str, name: str) -> TaskFile:
+    task = Task.objects.get(pk=task_id)
+    run = TaskRun.objects.create(task=task, attempt=1, lease_token=task.pk, status="succeeded")
+    item = stored_file(task=task, run=run, direction="output", path=f"out/{name}", data=b"payload")
+    item.save()
+    return item
+
+
+def _filename(disposition: str) -> str:
+    match = re.fullmatch(r"attachment; filename\*=(?i:utf-8)''([^\s;\"]+)", disposition)
+    assert match is not None, disposition
+    return unquote(match.group(1))
+
+
+@pytest.mark.parametrize("inline_bytes", [256 * 1024, 1], ids=["inline", "storage"])
+def test_a_hostile_output_file_name_cannot_forge_the_download_headers(alice: APIClient, settings, tmp_path,
+                                                                      inline_bytes: int) -> None:
+    settings.SCHEDULER_INLINE_FILE_BYTES, settings.MEDIA_ROOT = inline_bytes, tmp_path
+    task_id = alice.post("/api/v1/tasks/", TASK, format="json").json()["id"]
+    item = _output(task_id, HOSTILE_NAME)
+
+    response = alice.get(f"/api/v1/tasks/{task_id}/files/{item.pk}/content/")
+
+    assert response.status_code == 200
+    disposition = response["Content-Disposition"]
+    assert not {"\r", "\n", '"'} & set(disposition)
+    assert _filename(disposition) == HOSTILE_NAME
+    assert "Set-Cookie" not in response.headers and not response.cookies
+    body = b"".join(response.streaming_content) if response.streaming else response.content
+    assert body == b"payload"
+
+
+def test_the_admin_download_escapes_a_hostile_name_too(admin_client: Client) -> None:
+    task, _ = task_create(spec=TaskSpec(tool="claude", prompt="p"), source="api")
+    item = _output(str(task.pk), HOSTILE_NAME)
+
+    response = admin_client.get(reverse("admin:tasks_app_task_file_download", args=[task.pk, item.pk]))
+
+    assert response.status_code == 200
+    assert _filename(response["Content-Disposition"]) == HOSTILE_NAME
