@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from datetime import UTC, datetime
 
 from django.core.exceptions import ValidationError
 
@@ -48,6 +49,16 @@ def relative_path(value: object, *, field: str, allow_glob: bool = False) -> str
     if not allow_glob and _GLOB_CHARS & set(normalised):
         raise fail(field, f"{value!r} must be a plain path, not a glob pattern")
     return normalised
+
+
+def utc_timestamp(value: object, *, field: str) -> datetime:
+    """A timestamp with a timezone, as UTC: Python reads offsets up to ±23:59, PostgreSQL refuses beyond ±15:59."""
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        raise fail(field, "must be a timestamp with a timezone, e.g. 2026-12-01T09:00:00Z")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise fail(field, f"{value.isoformat()} is out of range once read in UTC") from None
 
 
 def json_object(value: object, *, field: str, max_bytes: int = 64 * 1024) -> dict:

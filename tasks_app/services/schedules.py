@@ -26,7 +26,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
 
-from tasks_app import timing
+from tasks_app import timing, validation
 from tasks_app.audit import audit
 from tasks_app.models import TERMINAL_STATUSES, EventSource, OverlapPolicy, Schedule, ScheduleFiring, Task
 from tasks_app.services.enqueue import FIRE_SCHEDULE, enqueue_schedule_fire
@@ -110,10 +110,13 @@ def schedule_clean(spec: ScheduleSpec, *, now: datetime | None = None, check_run
         elif spec.interval_seconds > MAX_INTERVAL_SECONDS:
             errors["interval_seconds"] = [f"must be at most {MAX_INTERVAL_SECONDS} seconds (366 days)"]
     if spec.run_at is not None:
-        if not isinstance(spec.run_at, datetime) or timezone.is_naive(spec.run_at):
-            errors["run_at"] = ["must be a timestamp with a timezone, e.g. 2026-12-01T09:00:00Z"]
-        elif check_run_at and spec.run_at <= now:
-            errors["run_at"] = [f"{spec.run_at.isoformat()} is in the past; a one-off must be in the future"]
+        try:
+            spec = replace(spec, run_at=validation.utc_timestamp(spec.run_at, field="run_at"))
+        except ValidationError as exc:
+            errors.update(exc.message_dict)
+        else:
+            if check_run_at and spec.run_at <= now:
+                errors["run_at"] = [f"{spec.run_at.isoformat()} is in the past; a one-off must be in the future"]
     if spec.overlap_policy not in OverlapPolicy.values:
         errors["overlap_policy"] = [f"must be one of {', '.join(OverlapPolicy.values)}"]
     if not isinstance(spec.enabled, bool):

@@ -6,6 +6,7 @@ schedulerctl, admin, services) gets the same rules."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from urllib.parse import unquote
 
 import pytest
@@ -374,3 +375,29 @@ def test_the_admin_download_escapes_a_hostile_name_too(admin_client: Client) -> 
 
     assert response.status_code == 200
     assert _filename(response["Content-Disposition"]) == HOSTILE_NAME
+
+
+# -- timestamps -------------------------------------------------------------------------------------
+ODD_OFFSET = "2030-01-01T09:00:00-20:48"  # valid ISO 8601 and for Python; PostgreSQL stops at ±15:59
+
+
+def test_a_created_after_filter_is_read_in_utc_and_an_impossible_one_is_400(alice: APIClient) -> None:
+    alice.post("/api/v1/tasks/", TASK, format="json")
+
+    odd = alice.get(f"/api/v1/tasks/?created_after={ODD_OFFSET.replace('-20', '%2D20')}")
+    before_year_one = alice.get("/api/v1/tasks/?created_before=0001-01-01T00:00:00%2B05:00")
+
+    assert odd.status_code == 200 and odd.json()["results"] == []
+    assert before_year_one.status_code == 400
+    assert before_year_one.json() == {"created_before": ["is out of range once read in UTC"]}
+
+
+def test_timestamps_with_any_offset_are_stored_in_utc_from_every_producer(capsys) -> None:
+    expected = datetime(2030, 1, 2, 5, 48, tzinfo=UTC)
+
+    assert run(["enqueue", "claude", "hello", "--at", ODD_OFFSET, "--json"]) == 0
+    schedule = schedule_create(spec=ScheduleSpec(**{**SCHEDULE, "cron": "", "run_at": datetime.fromisoformat(
+        ODD_OFFSET)}))
+
+    assert Task.objects.get().scheduled_at == expected
+    assert schedule.run_at == expected and schedule.next_run_at == expected
