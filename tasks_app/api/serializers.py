@@ -14,6 +14,7 @@ from rest_framework import serializers
 from executors.base import EventKind
 from tasks_app import selectors, timing
 from tasks_app.models import (
+    FAILURE_KIND_CHOICES,
     GROUP_HEALTH,
     AuditEvent,
     OverlapPolicy,
@@ -81,10 +82,10 @@ class StrictChoiceField(serializers.ChoiceField):
         return super().to_internal_value(data)
 
 
+# Every key of the body must be a writable field, or the request is a 400 naming each one that is not: a misspelt
+# "priorty" would otherwise run at the default priority without a word. (Comments, not docstrings, here and below:
+# drf-spectacular would show a base class's docstring as the description of every request body.)
 class StrictFieldsMixin:
-    """Every key of the body must be a writable field, or the request is a 400 naming each one that is not: a
-    misspelt "priorty" would otherwise run at the default priority without a word."""
-
     fields: Any
 
     def to_internal_value(self, data: Any) -> Any:
@@ -119,9 +120,8 @@ class StrictSerializer(StrictFieldsMixin, serializers.Serializer):
     pass
 
 
+# For writes through a ModelSerializer: the fields it builds from the model are strict too.
 class StrictModelSerializer(StrictFieldsMixin, serializers.ModelSerializer):
-    """For writes through a ModelSerializer: the fields it builds from the model are strict too."""
-
     serializer_field_mapping = {
         **serializers.ModelSerializer.serializer_field_mapping,
         models.CharField: StrictCharField,
@@ -183,6 +183,8 @@ class TaskCreateSerializer(StrictSerializer):
 class TaskRunSerializer(serializers.ModelSerializer):
     worker_group = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     cost_usd = serializers.FloatField(read_only=True, allow_null=True)
+    # Blank while running and on success: say so in the schema (a read-only model field would drop allow_blank).
+    failure_kind = serializers.ChoiceField(choices=FAILURE_KIND_CHOICES, allow_blank=True, read_only=True)
 
     class Meta:
         model = TaskRun

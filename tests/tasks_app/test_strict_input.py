@@ -401,3 +401,16 @@ def test_timestamps_with_any_offset_are_stored_in_utc_from_every_producer(capsys
 
     assert Task.objects.get().scheduled_at == expected
     assert schedule.run_at == expected and schedule.next_run_at == expected
+
+
+# -- JSON bodies only -------------------------------------------------------------------------------
+def test_a_form_body_is_415_and_the_schema_forbids_unknown_fields(alice: APIClient) -> None:
+    response = alice.post("/api/v1/tasks/", {"tool": "claude", "prompt": "hello", "priority": "5"})  # multipart
+
+    assert response.status_code == 415
+    _nothing_written()
+    schema = alice.get("/api/schema/?format=json").json()
+    body = schema["paths"]["/api/v1/tasks/"]["post"]["requestBody"]["content"]
+    assert list(body) == ["application/json"]
+    assert schema["components"]["schemas"]["TaskCreateRequest"]["additionalProperties"] is False
+    assert schema["components"]["schemas"]["InputFileRequest"]["additionalProperties"] is False
