@@ -62,6 +62,28 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class StrictFloatField(serializers.FloatField):
+    """A JSON number: DRF would take "2.5" (and true as 1.0)."""
+
+    default_error_messages = {"not_a_number": "must be a number, not {type}"}
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("not_a_number", type=type(data).__name__)
+        return super().to_internal_value(data)
+
+
+class StrictDecimalField(serializers.DecimalField):
+    """A JSON number (answered as one too): DRF would take "5.00"."""
+
+    default_error_messages = {"not_a_number": "must be a number, not {type}"}
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("not_a_number", type=type(data).__name__)
+        return super().to_internal_value(data)
+
+
 class StrictBooleanField(serializers.BooleanField):
     """true or false: DRF would also take "yes", "0", 1."""
 
@@ -156,10 +178,10 @@ class TaskCreateSerializer(StrictSerializer):
     idempotency_key = StrictCharField(required=False, allow_null=True, default=None, max_length=200)
     worker_group = StrictCharField(required=False, allow_null=True, default=None, max_length=100)
     metadata = serializers.DictField(required=False, default=dict)
-    max_cost_usd = serializers.FloatField(required=False, allow_null=True, default=None,
-                                          help_text="Stop an attempt once its spend crosses this (budget_exceeded).")
-    max_turns = serializers.IntegerField(required=False, allow_null=True, default=None)
-    idle_timeout_seconds = serializers.IntegerField(
+    max_cost_usd = StrictFloatField(required=False, allow_null=True, default=None,
+                                    help_text="Stop an attempt once its spend crosses this (budget_exceeded).")
+    max_turns = StrictIntegerField(required=False, allow_null=True, default=None)
+    idle_timeout_seconds = StrictIntegerField(
         required=False, allow_null=True, default=None,
         help_text="No event and no output for this long kills the attempt as stalled (default "
                   "SCHEDULER_IDLE_TIMEOUT).")
@@ -295,10 +317,10 @@ class WorkerGroupSerializer(StrictModelSerializer):
     live_workers = serializers.IntegerField(read_only=True, help_text="Live workers consuming the group's queue.")
     worker_command = serializers.SerializerMethodField(help_text="Starts a worker for this group on a box.")
     # Budgets: the rules (>= 0, cents) are the service's, shared with schedulerctl and the admin; null: no budget.
-    daily_budget_usd = serializers.DecimalField(max_digits=10, decimal_places=2, allow_null=True, required=False,
-                                                coerce_to_string=False, help_text="USD per UTC day; null: none.")
-    monthly_budget_usd = serializers.DecimalField(max_digits=12, decimal_places=2, allow_null=True, required=False,
-                                                  coerce_to_string=False, help_text="USD per month (UTC); null: none.")
+    daily_budget_usd = StrictDecimalField(max_digits=10, decimal_places=2, allow_null=True, required=False,
+                                          coerce_to_string=False, help_text="USD per UTC day; null: none.")
+    monthly_budget_usd = StrictDecimalField(max_digits=12, decimal_places=2, allow_null=True, required=False,
+                                            coerce_to_string=False, help_text="USD per month (UTC); null: none.")
     spend_today_usd = serializers.DecimalField(source="spend.today_usd", max_digits=18, decimal_places=6,
                                                coerce_to_string=False, read_only=True,
                                                help_text="Cost of its runs started this UTC day, in flight included.")

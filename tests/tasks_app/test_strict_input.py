@@ -125,6 +125,9 @@ def test_intake_refuses_unknown_fields_before_asking_the_model(alice: APIClient)
         ({"max_attempts": "3"}, "max_attempts", "must be an integer, not str"),
         ({"timeout_seconds": "600"}, "timeout_seconds", "must be an integer, not str"),
         ({"tool": ["claude"]}, "tool", "must be a string, not list"),
+        ({"max_cost_usd": "2.5"}, "max_cost_usd", "must be a number, not str"),
+        ({"max_turns": "20"}, "max_turns", "must be an integer, not str"),
+        ({"idle_timeout_seconds": False}, "idle_timeout_seconds", "must be an integer, not bool"),
     ],
 )
 def test_strings_for_integers_and_other_wrong_types_are_400_on_tasks(alice: APIClient, change: dict, field: str,
@@ -148,7 +151,8 @@ def test_wrong_types_are_400_on_schedules(alice: APIClient, change: dict, field:
     _nothing_written()
 
 
-@pytest.mark.parametrize("change", [{"max_concurrent": "5"}, {"enabled": "false"}, {"allow_dangerous_flags": 0}])
+@pytest.mark.parametrize("change", [{"max_concurrent": "5"}, {"enabled": "false"}, {"allow_dangerous_flags": 0},
+                                    {"daily_budget_usd": "5.00"}])
 def test_wrong_types_are_400_on_worker_groups(staff: APIClient, change: dict) -> None:
     WorkerGroupFactory(account="main", max_concurrent=2)
 
@@ -156,7 +160,8 @@ def test_wrong_types_are_400_on_worker_groups(staff: APIClient, change: dict) ->
 
     assert response.status_code == 400 and list(response.json()) == list(change)
     group = WorkerGroup.objects.get()
-    assert (group.max_concurrent, group.enabled, group.allow_dangerous_flags) == (2, True, False)
+    assert (group.max_concurrent, group.enabled, group.allow_dangerous_flags, group.daily_budget_usd) == (
+        2, True, False, None)
 
 
 def test_wrong_types_are_400_on_intake(alice: APIClient) -> None:
