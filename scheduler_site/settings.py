@@ -191,6 +191,9 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON bodies only: the serializers take each field's JSON type and nothing else, so a form body could not
+    # even say priority=5 (SPEC §8, input strictness). Anything else is a 415.
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_THROTTLE_CLASSES": ["tasks_app.api.throttling.TokenRateThrottle"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -210,6 +213,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "tasks_app.api.schema.add_error_responses",
+        "tasks_app.api.schema.forbid_unknown_fields",
     ],
     "ENUM_NAME_OVERRIDES": {
         "TaskStatusEnum": "tasks_app.models.TaskStatus",
@@ -296,6 +300,8 @@ SCHEDULER_MAX_OUTPUT_BYTES = env.int("SCHEDULER_MAX_OUTPUT_BYTES", default=10 * 
 SCHEDULER_MAX_TOTAL_BYTES = env.int("SCHEDULER_MAX_TOTAL_BYTES", default=50 * 1024 * 1024)
 SCHEDULER_MAX_PROMPT_CHARS = env.int("SCHEDULER_MAX_PROMPT_CHARS", default=200_000)
 SCHEDULER_INLINE_FILE_BYTES = env.int("SCHEDULER_INLINE_FILE_BYTES", default=256 * 1024)
+# A schedule (interval or cron) may not fire more often than this: every firing is a paid CLI run.
+SCHEDULER_MIN_SCHEDULE_INTERVAL = env.int("SCHEDULER_MIN_SCHEDULE_INTERVAL", default=60)
 SCHEDULER_STDOUT_LIMIT = env.int("SCHEDULER_STDOUT_LIMIT", default=1024 * 1024)
 SCHEDULER_ALLOW_DANGEROUS_FLAGS = env.bool("SCHEDULER_ALLOW_DANGEROUS_FLAGS", default=False)
 # Extra variable names (or PREFIX_*) a group's env and credentials may hold, beyond each tool's allow-list

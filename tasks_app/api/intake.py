@@ -10,7 +10,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tasks_app.api.serializers import ScheduleSerializer, StrictCharField, TaskDetailSerializer
+from tasks_app.api.serializers import (
+    ScheduleSerializer,
+    StrictBooleanField,
+    StrictCharField,
+    StrictChoiceField,
+    StrictIntegerField,
+    StrictSerializer,
+    TaskDetailSerializer,
+)
 from tasks_app.models import Schedule, Task, Tool
 from tasks_app.services.accounts import user_tenant
 from tasks_app.services.intake import (
@@ -26,38 +34,38 @@ from tasks_app.services.intake import (
 )
 
 
-class IntakeProposalSerializer(serializers.Serializer):
+class IntakeProposalSerializer(StrictSerializer):
     """What the model proposed (types only here; the task and schedule rules are the services')."""
 
-    kind = serializers.ChoiceField(choices=[(k, k) for k in KINDS],
-                                   help_text="task: one job (now or at run_at); schedule: repeating; none: no job.")
+    kind = StrictChoiceField(choices=[(k, k) for k in KINDS],
+                             help_text="task: one job (now or at run_at); schedule: repeating; none: no job.")
     reason = StrictCharField(required=False, default="", allow_blank=True, max_length=2000,
                              help_text="For kind none: why nothing is proposed. Otherwise how it was understood.")
     name = StrictCharField(required=False, default="", allow_blank=True, max_length=200)
-    tool = serializers.ChoiceField(choices=Tool.choices, required=False, default=None, allow_null=True)
+    tool = StrictChoiceField(choices=Tool.choices, required=False, default=None, allow_null=True)
     model = StrictCharField(required=False, default="", allow_blank=True, max_length=120)
     prompt = StrictCharField(required=False, default="", allow_blank=True, trim_whitespace=False)
     output_files = serializers.ListField(child=StrictCharField(trim_whitespace=False, allow_blank=True,
                                                                max_length=1024), required=False, default=list,
                                          max_length=1000)
-    priority = serializers.IntegerField(required=False, default=5)
+    priority = StrictIntegerField(required=False, default=5)
     run_at = serializers.DateTimeField(required=False, default=None, allow_null=True,
                                        help_text="Absolute time: when a task runs, or a one-off schedule fires.")
     cron = StrictCharField(required=False, default="", allow_blank=True, max_length=120)
     timezone = StrictCharField(required=False, default="", allow_blank=True, max_length=64,
                                help_text="IANA timezone of `cron`.")
-    interval_seconds = serializers.IntegerField(required=False, default=None, allow_null=True)
+    interval_seconds = StrictIntegerField(required=False, default=None, allow_null=True)
     keywords = serializers.ListField(child=StrictCharField(max_length=MAX_KEYWORD_CHARS), required=False,
                                      default=list, max_length=MAX_KEYWORDS)
     worker_group = StrictCharField(required=False, default=None, allow_null=True, max_length=100)
 
 
-class IntakeRequestSerializer(serializers.Serializer):
+class IntakeRequestSerializer(StrictSerializer):
     text = StrictCharField(required=False, default="", allow_blank=True, trim_whitespace=False,
                            max_length=MAX_TEXT_CHARS, help_text="What to run, in plain words.")
     timezone = StrictCharField(required=False, default="UTC", max_length=64,
                                help_text="The user's IANA timezone: relative times are read in it.")
-    confirm = serializers.BooleanField(required=False, default=False, help_text="Create what is proposed.")
+    confirm = StrictBooleanField(required=False, default=False, help_text="Create what is proposed.")
     proposal = IntakeProposalSerializer(required=False, default=None, allow_null=True,
                                         help_text="A proposal from an earlier call, to validate or confirm "
                                                   "without asking the model again.")

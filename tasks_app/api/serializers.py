@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from executors.base import EventKind
 from tasks_app import selectors, timing
 from tasks_app.models import (
+    FAILURE_KIND_CHOICES,
     GROUP_HEALTH,
     AuditEvent,
     OverlapPolicy,
@@ -38,14 +42,128 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
-class InputFileSerializer(serializers.Serializer):
+class StrictSlugField(StrictCharField, serializers.SlugField):
+    pass
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer: DRF would take "5" (and Python counts true as 1). 7.0 is still 7, as in JSON Schema."""
+
+    default_error_messages = {"not_an_integer": "must be an integer, not {type}",
+                              "not_whole": "must be a whole number"}
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("not_an_integer", type=type(data).__name__)
+        if isinstance(data, float):
+            if not data.is_integer():
+                self.fail("not_whole")
+            data = int(data)
+        return super().to_internal_value(data)
+
+
+class StrictFloatField(serializers.FloatField):
+    """A JSON number: DRF would take "2.5" (and true as 1.0)."""
+
+    default_error_messages = {"not_a_number": "must be a number, not {type}"}
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("not_a_number", type=type(data).__name__)
+        return super().to_internal_value(data)
+
+
+class StrictDecimalField(serializers.DecimalField):
+    """A JSON number (answered as one too): DRF would take "5.00"."""
+
+    default_error_messages = {"not_a_number": "must be a number, not {type}"}
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("not_a_number", type=type(data).__name__)
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false: DRF would also take "yes", "0", 1."""
+
+    default_error_messages = {"not_a_boolean": "must be true or false, not {type}"}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("not_a_boolean", type=type(data).__name__)
+        return data
+
+
+class StrictChoiceField(serializers.ChoiceField):
+    default_error_messages = {"not_a_string": "must be a string, not {type}"}
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("not_a_string", type=type(data).__name__)
+        return super().to_internal_value(data)
+
+
+# Every key of the body must be a writable field, or the request is a 400 naming each one that is not: a misspelt
+# "priorty" would otherwise run at the default priority without a word. (Comments, not docstrings, here and below:
+# drf-spectacular would show a base class's docstring as the description of every request body.)
+class StrictFieldsMixin:
+    fields: Any
+
+    def to_internal_value(self, data: Any) -> Any:
+        unknown = self._unknown_fields(data) if isinstance(data, Mapping) else {}
+        try:
+            value = super().to_internal_value(data)  # type: ignore[misc]
+        except serializers.ValidationError as exc:
+            if unknown and isinstance(exc.detail, Mapping):
+                raise serializers.ValidationError({**exc.detail, **unknown}) from None
+            raise
+        if unknown:
+            raise serializers.ValidationError(unknown)
+        return value
+
+    def _unknown_fields(self, data: Mapping) -> dict[str, list[str]]:
+        writable = sorted(name for name, field in self.fields.items() if not field.read_only)
+        errors: dict[str, list[str]] = {}
+        for key in data:
+            name = str(key)
+            if name in writable:
+                continue
+            if name in self.fields:
+                message = "is read-only here"
+            else:
+                close = difflib.get_close_matches(name, writable, n=1)
+                message = "is not a field of this request" + (f"; did you mean {close[0]!r}?" if close else "")
+            errors[name[:100]] = [message]
+        return errors
+
+
+class StrictSerializer(StrictFieldsMixin, serializers.Serializer):
+    pass
+
+
+# For writes through a ModelSerializer: the fields it builds from the model are strict too.
+class StrictModelSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.CharField: StrictCharField,
+        models.SlugField: StrictSlugField,
+        models.TextField: StrictCharField,
+        models.IntegerField: StrictIntegerField,
+        models.PositiveIntegerField: StrictIntegerField,
+        models.BooleanField: StrictBooleanField,
+    }
+    serializer_choice_field = StrictChoiceField
+
+
+class InputFileSerializer(StrictSerializer):
     path = StrictCharField(trim_whitespace=False, max_length=1024)
     content = StrictCharField(trim_whitespace=False, allow_blank=True, required=False)
     content_base64 = StrictCharField(trim_whitespace=False, allow_blank=True, required=False)
 
 
-class TaskCreateSerializer(serializers.Serializer):
-    tool = serializers.ChoiceField(choices=Tool.choices)
+class TaskCreateSerializer(StrictSerializer):
+    tool = StrictChoiceField(choices=Tool.choices)
     prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
     model = StrictCharField(required=False, allow_blank=True, default="", max_length=120)
     input_files = InputFileSerializer(many=True, required=False, default=list)
@@ -53,17 +171,17 @@ class TaskCreateSerializer(serializers.Serializer):
         child=StrictCharField(trim_whitespace=False, allow_blank=True, max_length=1024), required=False,
         default=list, max_length=1000,
     )
-    priority = serializers.IntegerField(required=False, default=5, min_value=1, max_value=9)
+    priority = StrictIntegerField(required=False, default=5, min_value=1, max_value=9)
     scheduled_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
-    max_attempts = serializers.IntegerField(required=False, default=3, min_value=1, max_value=20)
-    timeout_seconds = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
+    max_attempts = StrictIntegerField(required=False, default=3, min_value=1, max_value=20)
+    timeout_seconds = StrictIntegerField(required=False, allow_null=True, default=None, min_value=1)
     idempotency_key = StrictCharField(required=False, allow_null=True, default=None, max_length=200)
     worker_group = StrictCharField(required=False, allow_null=True, default=None, max_length=100)
     metadata = serializers.DictField(required=False, default=dict)
-    max_cost_usd = serializers.FloatField(required=False, allow_null=True, default=None,
-                                          help_text="Stop an attempt once its spend crosses this (budget_exceeded).")
-    max_turns = serializers.IntegerField(required=False, allow_null=True, default=None)
-    idle_timeout_seconds = serializers.IntegerField(
+    max_cost_usd = StrictFloatField(required=False, allow_null=True, default=None,
+                                    help_text="Stop an attempt once its spend crosses this (budget_exceeded).")
+    max_turns = StrictIntegerField(required=False, allow_null=True, default=None)
+    idle_timeout_seconds = StrictIntegerField(
         required=False, allow_null=True, default=None,
         help_text="No event and no output for this long kills the attempt as stalled (default "
                   "SCHEDULER_IDLE_TIMEOUT).")
@@ -87,6 +205,8 @@ class TaskCreateSerializer(serializers.Serializer):
 class TaskRunSerializer(serializers.ModelSerializer):
     worker_group = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     cost_usd = serializers.FloatField(read_only=True, allow_null=True)
+    # Blank while running and on success: say so in the schema (a read-only model field would drop allow_blank).
+    failure_kind = serializers.ChoiceField(choices=FAILURE_KIND_CHOICES, allow_blank=True, read_only=True)
 
     class Meta:
         model = TaskRun
@@ -183,7 +303,7 @@ class TaskDetailSerializer(TaskSerializer):
 
 
 
-class WorkerGroupSerializer(serializers.ModelSerializer):
+class WorkerGroupSerializer(StrictModelSerializer):
     """Credentials are write-only: responses list their key names, never values."""
 
     credentials = serializers.DictField(child=StrictCharField(trim_whitespace=False), write_only=True,
@@ -197,10 +317,10 @@ class WorkerGroupSerializer(serializers.ModelSerializer):
     live_workers = serializers.IntegerField(read_only=True, help_text="Live workers consuming the group's queue.")
     worker_command = serializers.SerializerMethodField(help_text="Starts a worker for this group on a box.")
     # Budgets: the rules (>= 0, cents) are the service's, shared with schedulerctl and the admin; null: no budget.
-    daily_budget_usd = serializers.DecimalField(max_digits=10, decimal_places=2, allow_null=True, required=False,
-                                                coerce_to_string=False, help_text="USD per UTC day; null: none.")
-    monthly_budget_usd = serializers.DecimalField(max_digits=12, decimal_places=2, allow_null=True, required=False,
-                                                  coerce_to_string=False, help_text="USD per month (UTC); null: none.")
+    daily_budget_usd = StrictDecimalField(max_digits=10, decimal_places=2, allow_null=True, required=False,
+                                          coerce_to_string=False, help_text="USD per UTC day; null: none.")
+    monthly_budget_usd = StrictDecimalField(max_digits=12, decimal_places=2, allow_null=True, required=False,
+                                            coerce_to_string=False, help_text="USD per month (UTC); null: none.")
     spend_today_usd = serializers.DecimalField(source="spend.today_usd", max_digits=18, decimal_places=6,
                                                coerce_to_string=False, read_only=True,
                                                help_text="Cost of its runs started this UTC day, in flight included.")
@@ -250,25 +370,26 @@ class AuditEventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ScheduleWriteSerializer(serializers.Serializer):
+class ScheduleWriteSerializer(StrictSerializer):
     """Exactly one timing (cron + timezone, interval_seconds, or run_at) and the task template as flat fields."""
 
     name = StrictCharField(max_length=200)
     cron = StrictCharField(required=False, allow_blank=True, max_length=120)
     timezone = StrictCharField(required=False, max_length=64)
-    interval_seconds = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=31622400)
+    interval_seconds = StrictIntegerField(required=False, allow_null=True, max_value=31622400,
+                                          help_text="At least SCHEDULER_MIN_SCHEDULE_INTERVAL (default 60).")
     run_at = serializers.DateTimeField(required=False, allow_null=True)
-    overlap_policy = serializers.ChoiceField(choices=OverlapPolicy.choices, required=False)
-    enabled = serializers.BooleanField(required=False)
-    tool = serializers.ChoiceField(choices=Tool.choices)
+    overlap_policy = StrictChoiceField(choices=OverlapPolicy.choices, required=False)
+    enabled = StrictBooleanField(required=False)
+    tool = StrictChoiceField(choices=Tool.choices)
     prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
     model = StrictCharField(required=False, allow_blank=True, max_length=120)
     input_files = InputFileSerializer(many=True, required=False)
     output_files = serializers.ListField(child=StrictCharField(trim_whitespace=False, allow_blank=True,
                                                                max_length=1024), required=False, max_length=1000)
-    priority = serializers.IntegerField(required=False, min_value=1, max_value=9)
-    max_attempts = serializers.IntegerField(required=False, min_value=1, max_value=20)
-    timeout_seconds = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    priority = StrictIntegerField(required=False, min_value=1, max_value=9)
+    max_attempts = StrictIntegerField(required=False, min_value=1, max_value=20)
+    timeout_seconds = StrictIntegerField(required=False, allow_null=True, min_value=1)
     worker_group = StrictCharField(required=False, allow_null=True, max_length=100)
 
     def changes(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import FileResponse, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404
+from django.utils.http import content_disposition_header
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
@@ -240,7 +241,8 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         filename = posixpath.basename(item.path)
         if item.content is not None:
             response = HttpResponse(bytes(item.content), content_type=item.content_type)
-            response["Content-Disposition"] = f'attachment; filename="{filename}"'
+            # The CLI chose the name: Django's builder escapes quotes and encodes anything else (RFC 6266).
+            response["Content-Disposition"] = content_disposition_header(as_attachment=True, filename=filename)
             return response
         return FileResponse(item.file.open("rb"), as_attachment=True, filename=filename,
                             content_type=item.content_type)

@@ -20,12 +20,13 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
 
-from tasks_app import timing
+from tasks_app import timing, validation
 from tasks_app.audit import audit
 from tasks_app.models import TERMINAL_STATUSES, EventSource, OverlapPolicy, Schedule, ScheduleFiring, Task
 from tasks_app.services.enqueue import FIRE_SCHEDULE, enqueue_schedule_fire
@@ -33,6 +34,7 @@ from tasks_app.services.tasks import InputFile, TaskSpec, task_create, task_spec
 
 EARLY_TOLERANCE = timedelta(seconds=1)  # beat may wake a hair before the slot
 MAX_MISSED_COUNTED = 10_000
+MAX_INTERVAL_SECONDS = 366 * 24 * 3600
 
 
 @dataclass
@@ -87,21 +89,34 @@ def schedule_clean(spec: ScheduleSpec, *, now: datetime | None = None, check_run
         timing.zone(spec.timezone if isinstance(spec.timezone, str) else "")
     except timing.TimingError as exc:
         errors["timezone"] = [str(exc)]
+    minimum = max(1, settings.SCHEDULER_MIN_SCHEDULE_INTERVAL)
     if spec.cron:
         try:
             spec = replace(spec, cron=timing.check_cron(spec.cron))
+            # The expression's own spacing, read in UTC: a DST change shortens one gap by an hour, once a year,
+            # and a daily job is no more frequent for it.
+            gap = timing.cron_min_gap(spec.cron, "UTC", now, below=minimum)
+            if gap is not None and gap < minimum:
+                errors["cron"] = [f"{spec.cron!r} fires {gap:.0f} seconds apart at its closest; the minimum is "
+                                  f"{minimum} seconds (SCHEDULER_MIN_SCHEDULE_INTERVAL)"]
         except timing.TimingError as exc:
             errors["cron"] = [str(exc)]
-    if spec.interval_seconds is not None and (
-        not isinstance(spec.interval_seconds, int) or isinstance(spec.interval_seconds, bool)
-        or not 1 <= spec.interval_seconds <= 366 * 24 * 3600
-    ):
-        errors["interval_seconds"] = ["must be a whole number of seconds from 1 to 31622400"]
+    if spec.interval_seconds is not None:
+        if not isinstance(spec.interval_seconds, int) or isinstance(spec.interval_seconds, bool):
+            errors["interval_seconds"] = ["must be a whole number of seconds"]
+        elif spec.interval_seconds < minimum:
+            errors["interval_seconds"] = [f"must be at least {minimum} seconds (SCHEDULER_MIN_SCHEDULE_INTERVAL); "
+                                          f"got {spec.interval_seconds}"]
+        elif spec.interval_seconds > MAX_INTERVAL_SECONDS:
+            errors["interval_seconds"] = [f"must be at most {MAX_INTERVAL_SECONDS} seconds (366 days)"]
     if spec.run_at is not None:
-        if not isinstance(spec.run_at, datetime) or timezone.is_naive(spec.run_at):
-            errors["run_at"] = ["must be a timestamp with a timezone, e.g. 2026-12-01T09:00:00Z"]
-        elif check_run_at and spec.run_at <= now:
-            errors["run_at"] = [f"{spec.run_at.isoformat()} is in the past; a one-off must be in the future"]
+        try:
+            spec = replace(spec, run_at=validation.utc_timestamp(spec.run_at, field="run_at"))
+        except ValidationError as exc:
+            errors.update(exc.message_dict)
+        else:
+            if check_run_at and spec.run_at <= now:
+                errors["run_at"] = [f"{spec.run_at.isoformat()} is in the past; a one-off must be in the future"]
     if spec.overlap_policy not in OverlapPolicy.values:
         errors["overlap_policy"] = [f"must be one of {', '.join(OverlapPolicy.values)}"]
     if not isinstance(spec.enabled, bool):

@@ -143,10 +143,9 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
         or not (1 <= timeout <= settings.SCHEDULER_MAX_TIMEOUT)
     ):
         errors["timeout_seconds"] = [f"must be an integer from 1 to {settings.SCHEDULER_MAX_TIMEOUT}"]
-    if spec.scheduled_at is not None and (
-        not isinstance(spec.scheduled_at, datetime) or timezone.is_naive(spec.scheduled_at)
-    ):
-        errors["scheduled_at"] = ["must be a timestamp with a timezone, e.g. 2026-12-01T09:00:00Z"]
+    scheduled_at = None
+    if spec.scheduled_at is not None:
+        scheduled_at = check(lambda: validation.utc_timestamp(spec.scheduled_at, field="scheduled_at"))
     if spec.idempotency_key is not None and (
         not isinstance(spec.idempotency_key, str) or not 1 <= len(spec.idempotency_key) <= 200
     ):
@@ -221,7 +220,7 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
         input_files=inputs,
         output_files=outputs,
         priority=spec.priority,
-        scheduled_at=spec.scheduled_at,
+        scheduled_at=scheduled_at,
         max_attempts=spec.max_attempts,
         timeout_seconds=timeout,
         idempotency_key=spec.idempotency_key,

@@ -19,6 +19,12 @@ pytestmark = pytest.mark.e2e
 FAST = {"SCHEDULER_TICK_SECONDS": "30"}  # the tick is not what fires schedules: keep it out of the way
 
 
+@pytest.fixture(autouse=True)
+def every_second_allowed(settings) -> None:
+    """These schedules fire every second to keep the tests short; the default minimum (60 s) would refuse them."""
+    settings.SCHEDULER_MIN_SCHEDULE_INTERVAL = 1
+
+
 def _count(schedule_id: int, **filters) -> int:
     return Task.objects.filter(schedule_id=schedule_id, **filters).count()
 

@@ -240,7 +240,7 @@ def _client(username: str, tenant: str, *, staff: bool = False) -> APIClient:
 def test_budgets_are_set_shown_cleared_and_audited_through_the_api_without_the_credentials_permission() -> None:
     staff = _client("root", "ops", staff=True)  # no tasks_app.manage_credentials: budgets do not need it
 
-    created = staff.post("/api/v1/worker-groups/", {"tool": "claude", "account": "main", "daily_budget_usd": "5",
+    created = staff.post("/api/v1/worker-groups/", {"tool": "claude", "account": "main", "daily_budget_usd": 5,
                                                     "monthly_budget_usd": 100.5}, format="json")
 
     assert created.status_code == 201, created.json()
@@ -267,10 +267,11 @@ def test_budgets_are_set_shown_cleared_and_audited_through_the_api_without_the_c
 
 @pytest.mark.parametrize(("body", "field", "message"), [
     ({"daily_budget_usd": -1}, "daily_budget_usd", "must be an amount in USD from 0"),
-    ({"monthly_budget_usd": "-0.01"}, "monthly_budget_usd", "must be an amount in USD from 0"),
-    ({"daily_budget_usd": "ten"}, "daily_budget_usd", "A valid number is required."),
-    ({"daily_budget_usd": "1.005"}, "daily_budget_usd", "no more than 2 decimal places"),
-    ({"daily_budget_usd": True}, "daily_budget_usd", "A valid number is required."),
+    ({"monthly_budget_usd": -0.01}, "monthly_budget_usd", "must be an amount in USD from 0"),
+    ({"daily_budget_usd": "ten"}, "daily_budget_usd", "must be a number, not str"),
+    ({"daily_budget_usd": "5"}, "daily_budget_usd", "must be a number, not str"),
+    ({"daily_budget_usd": 1.005}, "daily_budget_usd", "no more than 2 decimal places"),
+    ({"daily_budget_usd": True}, "daily_budget_usd", "must be a number, not bool"),
 ])
 def test_a_bad_budget_is_a_400_naming_the_field_and_changes_nothing(body: dict[str, Any], field: str,
                                                                      message: str) -> None:

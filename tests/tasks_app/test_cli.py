@@ -179,7 +179,8 @@ def test_schedules_add_list_pause_trigger_rm(capsys) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["schedules", "add", "x", "codex", "p", "--cron", "0 25 * * *"], "cron: '0 25 * * *' is not a 5-field"),
+        (["schedules", "add", "x", "codex", "p", "--cron", "0 25 * * *"],
+         "cron: '0 25 * * *': hour '25' is out of range; hour takes 0-23"),
         (["schedules", "add", "x", "codex", "p", "--cron", "0 9 * * *", "--tz", "Mars/Base"], "timezone:"),
         (["schedules", "add", "x", "codex", "p", "--every", "0"], "interval_seconds: must be"),
         (["schedules", "add", "x", "codex", "p", "--at", "2001-01-01T00:00:00Z"], "run_at: 2001-01-01"),

@@ -84,11 +84,11 @@ def test_create_cron_schedule_makes_its_beat_entry_and_next_run() -> None:
 
 @pytest.mark.django_db
 def test_interval_and_one_off_schedules_use_interval_and_clocked_entries() -> None:
-    every = schedule_create(spec=_spec(name="every", cron="", interval_seconds=30))
+    every = schedule_create(spec=_spec(name="every", cron="", interval_seconds=300))
     once_at = timezone.now() + timedelta(hours=2)
     once = schedule_create(spec=_spec(name="once", cron="", run_at=once_at))
 
-    assert PeriodicTask.objects.get(pk=every.periodic_task_id).interval.every == 30
+    assert PeriodicTask.objects.get(pk=every.periodic_task_id).interval.every == 300
     clocked = PeriodicTask.objects.get(pk=once.periodic_task_id)
     assert (clocked.clocked.clocked_time, clocked.one_off, once.next_run_at) == (once_at, True, once_at)
 
@@ -244,12 +244,12 @@ def test_update_changes_the_beat_entry_and_tells_beat() -> None:
     schedule = schedule_create(spec=_spec())
     before = PeriodicTasks.last_change()
 
-    schedule_update(schedule_id=schedule.pk, changes={"interval_seconds": 45, "prompt": "new prompt"})
+    schedule_update(schedule_id=schedule.pk, changes={"interval_seconds": 450, "prompt": "new prompt"})
 
     schedule.refresh_from_db()
     entry = PeriodicTask.objects.get(pk=schedule.periodic_task_id)
-    assert (schedule.cron, schedule.interval_seconds, schedule.prompt) == ("", 45, "new prompt")
-    assert entry.interval.every == 45 and entry.crontab is None
+    assert (schedule.cron, schedule.interval_seconds, schedule.prompt) == ("", 450, "new prompt")
+    assert entry.interval.every == 450 and entry.crontab is None
     assert PeriodicTasks.last_change() is not None and PeriodicTasks.last_change() != before
     with pytest.raises(ValidationError) as excinfo:
         schedule_update(schedule_id=schedule.pk, changes={"timezone": "Nowhere/Land"})
