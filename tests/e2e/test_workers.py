@@ -108,7 +108,7 @@ def test_a_stalled_box_gets_no_leases_and_a_stopped_one_leaves_at_once(
     assert [d["worker_group"] for d in leased_to] == ["gemini-b"] * 4  # nothing ever leased to the frozen box
     wait_until(lambda: _health("gemini-a") == "ok", timeout=15, message="box a to heartbeat again")
 
-    os.killpg(box_b.pid, signal.SIGTERM)  # a clean shutdown (deploy)
+    os.kill(box_b.pid, signal.SIGTERM)  # a clean shutdown (a deploy): the worker's main process stops its pool
     box_b.wait(timeout=60)
     # Marked stopped on the way out: no heartbeat timeout to wait for.
     (gone,) = Worker.objects.filter(hostname__startswith="box-b@")
