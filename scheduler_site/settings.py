@@ -229,6 +229,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = None  # set below, once the limits are known
 _EMBEDDED_BROKER_DIR = VAR_DIR / "broker"
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    from kombu.transport import TRANSPORT_ALIASES
+
+    # kombu's own writes a message's file before its content; ours renames a whole file into place.
+    TRANSPORT_ALIASES["filesystem"] = "scheduler_site.fsbroker:Transport"
     for sub in ("queue", "processed", "control"):
         (_EMBEDDED_BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     # One folder for in and out so every process on the box sees every message; processed files are
