@@ -44,7 +44,7 @@ from tasks_app.api.serializers import (
     WorkerGroupUpdateSerializer,
     WorkerSerializer,
 )
-from tasks_app.logstream import TIMELINE, timeline_dict
+from tasks_app.logstream import LOGS, TIMELINE, timeline_dict
 from tasks_app.models import EventSource, Schedule, Task, TaskStatus
 from tasks_app.services.accounts import user_tenant
 from tasks_app.services.groups import group_create, group_pause, group_resume, group_update
@@ -152,6 +152,21 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         files = selectors.task_files(task_id=self.get_object().pk)
         return Response(TaskFileSerializer(files, many=True).data)
 
+    def _follow_or_after(self, request: Request, task: Task, *, feed: str) -> tuple[int, HttpResponseBase | None]:
+        """`?follow=1`: the live stream of `feed`. Otherwise the sequence number to list from (`after`, or SSE's
+        Last-Event-ID + 1)."""
+        params = LogQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        after = params.validated_data["after"]
+        last_event_id = request.headers.get("Last-Event-ID", "")
+        if last_event_id.isdigit():
+            after = int(last_event_id) + 1
+        if params.validated_data["follow"]:
+            return after, follow_response(request, task_id=task.pk, after=after, feed=feed)
+        if isinstance(request.accepted_renderer, EventStreamRenderer):
+            raise NotAcceptable("text/event-stream is served with follow=1 only; without it the answer is JSON.")
+        return after, None
+
     @extend_schema(
         parameters=[
             OpenApiParameter("follow", bool, description="Stream as server-sent events until the task ends."),
@@ -170,16 +185,9 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
             renderer_classes=[*api_settings.DEFAULT_RENDERER_CLASSES, EventStreamRenderer])
     def logs(self, request: Request, pk: str | None = None) -> HttpResponseBase:
         task = self.get_object()
-        params = LogQuerySerializer(data=request.query_params)
-        params.is_valid(raise_exception=True)
-        after = params.validated_data["after"]
-        last_event_id = request.headers.get("Last-Event-ID", "")
-        if last_event_id.isdigit():
-            after = int(last_event_id) + 1
-        if params.validated_data["follow"]:
-            return follow_response(request, task_id=task.pk, after=after)
-        if isinstance(request.accepted_renderer, EventStreamRenderer):
-            raise NotAcceptable("text/event-stream is served with follow=1 only; without it the answer is JSON.")
+        after, stream = self._follow_or_after(request, task, feed=LOGS)
+        if stream is not None:
+            return stream
         run = selectors.task_latest_run(task_id=task.pk)
         chunks = selectors.run_log_chunks(run_id=run.pk, after=after, limit=10_000) if run else []
         return Response(TaskLogSerializer({
@@ -210,16 +218,9 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
             renderer_classes=[*api_settings.DEFAULT_RENDERER_CLASSES, EventStreamRenderer])
     def timeline(self, request: Request, pk: str | None = None) -> HttpResponseBase:
         task = self.get_object()
-        params = LogQuerySerializer(data=request.query_params)
-        params.is_valid(raise_exception=True)
-        after = params.validated_data["after"]
-        last_event_id = request.headers.get("Last-Event-ID", "")
-        if last_event_id.isdigit():
-            after = int(last_event_id) + 1
-        if params.validated_data["follow"]:
-            return follow_response(request, task_id=task.pk, after=after, feed=TIMELINE)
-        if isinstance(request.accepted_renderer, EventStreamRenderer):
-            raise NotAcceptable("text/event-stream is served with follow=1 only; without it the answer is JSON.")
+        after, stream = self._follow_or_after(request, task, feed=TIMELINE)
+        if stream is not None:
+            return stream
         run = selectors.task_latest_run(task_id=task.pk)
         events = selectors.run_events(run_id=run.pk, after=after) if run else []
         return Response(TimelineSerializer({
