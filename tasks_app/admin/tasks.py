@@ -155,14 +155,18 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         # Before the defaults: their "<path:object_id>/" pattern would swallow these URLs.
         return [download, live_log, live_timeline, *super().get_urls()]
 
-    def live_timeline_view(self, request: HttpRequest, task_id: Any) -> JsonResponse:
-        """Timeline events of the latest attempt after `?after=SEQ`, for the task page's timeline panel."""
+    def _latest_run_after(self, request: HttpRequest, task_id: Any) -> tuple[Task, Any, int]:
+        """The task (404 unless this user may view it), its latest run, and `?after=SEQ` (0 when absent or odd)."""
         task = get_object_or_404(Task, pk=task_id)
         if not self.has_view_permission(request, task):
             raise Http404("no such task")
         after = request.GET.get("after", "0")
         after_seq = int(after) if after.isdigit() and len(after) < 10 else 0
-        run = selectors.task_latest_run(task_id=task.pk)
+        return task, selectors.task_latest_run(task_id=task.pk), after_seq
+
+    def live_timeline_view(self, request: HttpRequest, task_id: Any) -> JsonResponse:
+        """Timeline events of the latest attempt after `?after=SEQ`, for the task page's timeline panel."""
+        task, run, after_seq = self._latest_run_after(request, task_id)
         events = selectors.run_events(run_id=run.pk, after=after_seq) if run else []
         return JsonResponse({
             "status": task.status,
@@ -173,12 +177,7 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     def live_log_view(self, request: HttpRequest, task_id: Any) -> JsonResponse:
         """New output of the latest attempt after `?after=SEQ`, for the task page's live panel."""
-        task = get_object_or_404(Task, pk=task_id)
-        if not self.has_view_permission(request, task):
-            raise Http404("no such task")
-        after = request.GET.get("after", "0")
-        after_seq = int(after) if after.isdigit() and len(after) < 10 else 0
-        run = selectors.task_latest_run(task_id=task.pk)
+        task, run, after_seq = self._latest_run_after(request, task_id)
         chunks = selectors.run_log_chunks(run_id=run.pk, after=after_seq) if run else []
         return JsonResponse({
             "status": task.status,
