@@ -25,6 +25,7 @@ class FailureKind(StrEnum):
     UNREACHABLE = "unreachable"  # the CLI could not reach its API (DNS, refused, proxy, TLS)
     STALLED = "stalled"  # no event and no output for the task's idle timeout: killed
     BUDGET_EXCEEDED = "budget_exceeded"  # the task's max_cost_usd or max_turns was crossed: killed, never retried
+    REPOSITORY = "repository"  # the repository could not be fetched, the ref resolved, or the change recorded
 
     @property
     def label(self) -> str:
@@ -91,6 +92,39 @@ class Sandbox:
         return self.mode == "bwrap"
 
 
+@dataclass(frozen=True)
+class WorkspaceSpec:
+    """A run on a repository (executors/git.py): the CLI's work dir is a checkout of `ref` from the box's mirror of
+    `url`. Fetch and push happen outside the sandbox with `credentials`; the CLI never sees them."""
+
+    url: str
+    ref: str  # branch, tag, full or abbreviated commit; "HEAD": the remote's default branch
+    mirror_root: Path  # where this box keeps its bare mirrors (one per URL)
+    credentials: dict[str, str] = field(default_factory=dict, repr=False)  # {"token"} or {"ssh_key"}
+    base_patches: tuple[bytes, ...] = ()  # applied and committed on top of `ref` before the run (follow-ups)
+    exclude: tuple[str, ...] = ()  # work-dir paths never part of the change (e.g. parents' outputs)
+    push_branch: str = ""  # push the change to this branch of `url` when set
+
+
+@dataclass(frozen=True)
+class WorkspaceChange:
+    """What a run on a repository changed against `base_sha`: the binary patch and its stat, and where it was
+    pushed (if it was)."""
+
+    base_sha: str
+    patch: bytes = b""
+    files: int = 0
+    insertions: int = 0
+    deletions: int = 0
+    pushed_branch: str = ""
+    pushed_sha: str = ""
+    error: str = ""  # why the change could not be recorded or pushed ("" when it was)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.patch)
+
+
 class LeaseClock:
     """Until when this run's lease holds, on this box's monotonic clock.
 
@@ -135,6 +169,10 @@ class ExecutionSpec:
     max_cost_usd: float | None = None  # crossing it (streamed usage) kills the run as budget_exceeded
     max_turns: int | None = None
     prices: Prices = field(default_factory=dict)
+    workspace: WorkspaceSpec | None = None  # a run on a repository: the work dir is its checkout
+    # Where the CLI sees its work dir inside the sandbox ("" the same path): one path per conversation, so a
+    # follow-up resumes a session its CLI filed under the same project directory (claude, gemini).
+    work_dir_inside: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,6 +220,7 @@ class ExecutionResult:
     session_id: str = ""  # claude's session, codex's thread, gemini's session: what a follow-up resumes
     turns: int | None = None
     cost_is_estimate: bool = False  # cost_usd computed from tokens and `prices`, not reported by the CLI
+    change: WorkspaceChange | None = None  # a run on a repository: what it changed
 
     @property
     def succeeded(self) -> bool:

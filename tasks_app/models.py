@@ -260,6 +260,46 @@ class Schedule(models.Model):
         return "cron" if self.cron else "interval" if self.interval_seconds else "once"
 
 
+class Repository(models.Model):
+    """A git repository tasks run on (SPEC §8). The worker keeps a bare mirror of it per box and gives each run a
+    checkout of one commit; the change comes back as `changes.patch` (and a pushed branch when `push_prefix` is
+    set). Its credentials (an HTTPS token or an SSH deploy key) are used by the fetch and push only, outside the
+    sandbox: never in argv, logs or the CLI's environment."""
+
+    tenant = models.CharField(max_length=100, default="default")
+    name = models.SlugField(max_length=100)
+    url = models.CharField(max_length=1000, help_text="Any git URL: https://, ssh://, user@host:path, file:// or a "
+                           "local path. Never with a password in it: that goes in the credentials.")
+    credentials_encrypted = models.TextField(blank=True, default="", editable=False)
+    default_ref = models.CharField(max_length=255, default="HEAD",
+                                   help_text="Branch, tag or commit when a task names none (HEAD: the remote's own).")
+    push_prefix = models.CharField(max_length=100, blank=True, default="",
+                                   help_text="Push each task's change to the branch <prefix><task id>; empty: never.")
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tenant", "name"]
+        verbose_name_plural = "repositories"
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="repository_tenant_name_unique")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        return crypto.decrypt_json(self.credentials_encrypted) if self.credentials_encrypted else {}
+
+    @credentials.setter
+    def credentials(self, value: dict[str, str]) -> None:
+        self.credentials_encrypted = crypto.encrypt_json(value) if value else ""
+
+    @property
+    def credential_names(self) -> list[str]:
+        return sorted(self.credentials)
+
+
 class Task(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.CharField(max_length=100, default="default")
@@ -299,6 +339,18 @@ class Task(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     schedule = models.ForeignKey(Schedule, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks",
                                  help_text="The schedule that spawned it (kept when the schedule is deleted).")
+    repository = models.ForeignKey(Repository, null=True, blank=True, on_delete=models.PROTECT, related_name="tasks",
+                                   help_text="Run in a checkout of this repository at `ref`.")
+    ref = models.CharField(max_length=255, blank=True, default="",
+                           help_text="Branch, tag or commit (empty: the repository's default_ref).")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="follow_ups",
+                               help_text="The task this one follows up: it resumes that task's CLI session.")
+    resume_session_id = models.CharField(max_length=200, blank=True, default="",
+                                         help_text="The CLI session the first attempt resumes (a follow-up's).")
+    depends_on = models.ManyToManyField("self", symmetrical=False, blank=True, related_name="dependents",
+                                        help_text="Not dispatched until all of these succeeded.")
+    # Parents in `depends_on` that have not succeeded yet: the dispatcher takes only tasks at 0.
+    dependencies_pending = models.PositiveIntegerField(default=0, editable=False)
     lease_token = models.UUIDField(null=True, blank=True, editable=False)
     lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     cancel_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -432,6 +484,14 @@ class TaskRun(models.Model):
     command = models.JSONField(default=list, blank=True, help_text="argv as run; never holds credentials.")
     sandbox = models.CharField(max_length=8, blank=True, default="",
                                help_text="How the CLI was contained: bwrap, or off (an explicit opt-out).")
+    resumed_session_id = models.CharField(max_length=200, blank=True, default="",
+                                          help_text="The CLI session this attempt resumed (a follow-up, or a retry "
+                                          "after a usage limit).")
+    base_sha = models.CharField(max_length=64, blank=True, default="", help_text="The commit the checkout was at.")
+    diff_stat = models.JSONField(null=True, blank=True,
+                                 help_text='Change against base_sha: {"files", "insertions", "deletions"}.')
+    pushed_branch = models.CharField(max_length=255, blank=True, default="")
+    pushed_sha = models.CharField(max_length=64, blank=True, default="")
 
     objects = TaskRunQuerySet.as_manager()
 
