@@ -19,6 +19,9 @@ from executors.streams import StreamParser, json_objects
 
 __all__ = ["ADAPTERS", "Adapter", "FlagRule", "adapter_for", "json_objects"]
 
+# What the CLIs report as a session (claude and gemini a UUID, codex a UUID or thread name): a resume passes it
+# back as an argument, so it must never look like a flag.
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 ANY = object()  # any value
 FLAG = object()  # a boolean flag, no value
 
@@ -91,18 +94,27 @@ class Adapter:
         return parsed
 
     def build(self, *, binary: str, model: str, extra_args: Iterable[object], allow_dangerous: bool,
-              max_cost_usd: float | None = None) -> list[str]:
+              max_cost_usd: float | None = None, resume_session: str = "") -> list[str]:
         """The CLI's headless command line. `max_cost_usd` (the task's budget) is passed to a CLI that can
-        enforce one itself (claude's --max-budget-usd); the runner watches every CLI's usage either way."""
+        enforce one itself (claude's --max-budget-usd); the runner watches every CLI's usage either way.
+        `resume_session` continues that session of the CLI (a follow-up, or a retry after a usage limit)."""
         extras = self.check_extra_args(extra_args, allow_dangerous=allow_dangerous)
         overridden = {name for name, _ in extras} | {r for name, _ in extras for r in self.rules[name].replaces}
         argv = [binary, *self.base_argv]
         for name, value in [*(f for f in self.default_flags(model) if f[0] not in overridden), *extras]:
             argv.extend([name] if value is None else [name, value])
-        return [*self.with_budget(argv, max_cost_usd), *self.tail_argv()]
+        argv = self.with_budget(argv, max_cost_usd)
+        if resume_session:
+            if not SESSION_ID.fullmatch(resume_session):
+                raise ConfigurationError(f"session id {resume_session[:80]!r} cannot be resumed: not a session id")
+            argv = self.with_resume(argv, resume_session)
+        return [*argv, *self.tail_argv()]
 
     def with_budget(self, argv: list[str], max_cost_usd: float | None) -> list[str]:
         return argv
+
+    def with_resume(self, argv: list[str], session: str) -> list[str]:
+        return [*argv, "--resume", session]  # claude's and gemini's -r/--resume <id>
 
     parser_class: type[StreamParser] = StreamParser
 
@@ -195,6 +207,11 @@ class CodexAdapter(Adapter):
 
     def tail_argv(self) -> list[str]:
         return ["-"]  # the prompt is read from stdin, which is closed after it
+
+    def with_resume(self, argv: list[str], session: str) -> list[str]:
+        # `codex exec [OPTIONS] resume [SESSION_ID] [PROMPT]`: exec's options (--json, --sandbox, --color) go
+        # before `resume`, which itself refuses --sandbox and --color (0.169.0).
+        return [*argv, "resume", session]
 
 class GeminiAdapter(Adapter):
     tool = "gemini"

@@ -296,6 +296,11 @@ CELERY_TIMEZONE = "UTC"
 # --- CLI Scheduler --------------------------------------------------------------------------------
 SCHEDULER_ENCRYPTION_KEY = env.str("SCHEDULER_ENCRYPTION_KEY", default="")
 SCHEDULER_WORK_DIR = Path(env.str("SCHEDULER_WORK_DIR", default=str(VAR_DIR / "work")))
+# Each box's bare mirrors of the repositories its runs check out (fetched, never cloned again per run).
+SCHEDULER_MIRROR_DIR = Path(env.str("SCHEDULER_MIRROR_DIR", default=str(VAR_DIR / "mirrors")))
+# What a retry after a usage limit says to the CLI session it resumes (the session already holds the task).
+SCHEDULER_RESUME_PROMPT = env.str(
+    "SCHEDULER_RESUME_PROMPT", default="You were interrupted by a usage limit. Continue the task where you left off.")
 SCHEDULER_KEEP_WORK_DIRS = env.bool("SCHEDULER_KEEP_WORK_DIRS", default=False)
 SCHEDULER_DEFAULT_TIMEOUT = env.int("SCHEDULER_DEFAULT_TIMEOUT", default=3600)
 SCHEDULER_MAX_TIMEOUT = env.int("SCHEDULER_MAX_TIMEOUT", default=24 * 3600)

@@ -48,6 +48,11 @@ def task_dict(task: Task, *, detail: bool = False) -> dict[str, Any]:
             files=[file_dict(f) for f in selectors.task_files(task_id=task.pk)],
             runs=[run_dict(r) for r in selectors.task_runs(task_id=task.pk)],
             events=[event_dict(e) for e in selectors.task_events(task_id=task.pk)],
+            parent=str(task.parent_id) if task.parent_id else None,
+            resume_session_id=task.resume_session_id,
+            follow_ups=[str(pk) for pk in selectors.task_follow_up_ids(task_id=task.pk)],
+            conversation=[{**turn, "id": str(turn["id"]), "created_at": _iso(turn["created_at"])}
+                          for turn in selectors.task_conversation_turns(task)],
         )
     return data
 

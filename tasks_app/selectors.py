@@ -76,6 +76,38 @@ def task_latest_run(*, task_id: Any) -> TaskRun | None:
     return TaskRun.objects.select_related("worker_group").filter(task_id=task_id).order_by("-attempt").first()
 
 
+def task_conversation(task: Task, *, limit: int = 100) -> list[Task]:
+    """The turns that led to `task`, first to last, itself included: its chain of follow-up parents."""
+    chain = [task]
+    while chain[-1].parent_id is not None and len(chain) < limit:
+        parent = Task.objects.filter(pk=chain[-1].parent_id).first()
+        if parent is None:
+            break
+        chain.append(parent)
+    return chain[::-1]
+
+
+def task_follow_up_ids(*, task_id: Any) -> list[Any]:
+    return list(Task.objects.filter(parent_id=task_id).order_by("created_at").values_list("pk", flat=True))
+
+
+def task_conversation_turns(task: Task) -> list[dict[str, Any]]:
+    """Each turn of the conversation that led to `task` as plain values: the task, its latest run's final message,
+    session and change, and its changes.patch output."""
+    turns = []
+    for turn in task_conversation(task):
+        run = task_latest_run(task_id=turn.pk)
+        patch = (TaskFile.objects.filter(run=run, direction=TaskFile.Direction.OUTPUT, path="changes.patch")
+                 .values_list("pk", flat=True).first() if run is not None else None)
+        turns.append({
+            "id": turn.pk, "status": turn.status, "prompt": turn.prompt, "created_at": turn.created_at,
+            "final_message": str((turn.result or {}).get("final_message") or ""),
+            "session_id": run.session_id if run is not None else "",
+            "diff_stat": run.diff_stat if run is not None else None, "patch_file": patch,
+        })
+    return turns
+
+
 def task_runs(*, task_id: Any) -> QuerySet[TaskRun]:
     return TaskRun.objects.select_related("worker_group").filter(task_id=task_id).order_by("-attempt")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from django.conf import settings
 
 from executors import ConfigurationError, ExecutionSpec, adapter_for
-from executors.base import Sandbox
+from executors.base import Sandbox, WorkspaceSpec
 from executors.envpolicy import refused_reason
 from executors.sandbox import state_dirs
 from tasks_app.services.runs import RunContext
@@ -44,12 +44,14 @@ def run_sandbox(ctx: RunContext) -> Sandbox:
 
 
 def execution_spec(ctx: RunContext) -> ExecutionSpec:
+    if ctx.setup_error:
+        raise ConfigurationError(ctx.setup_error)
     adapter = adapter_for(ctx.tool)
     binary = getattr(settings, f"SCHEDULER_{ctx.tool.upper()}_BIN")
     argv = adapter.build(
         binary=binary, model=ctx.model, extra_args=ctx.extra_args,
         allow_dangerous=ctx.allow_dangerous_flags and settings.SCHEDULER_ALLOW_DANGEROUS_FLAGS,
-        max_cost_usd=ctx.max_cost_usd,
+        max_cost_usd=ctx.max_cost_usd, resume_session=ctx.resume_session,
     )
     work_dir = Path(settings.SCHEDULER_WORK_DIR) / f"{ctx.task_id}-{ctx.attempt}"
     return ExecutionSpec(
@@ -67,7 +69,7 @@ def execution_spec(ctx: RunContext) -> ExecutionSpec:
         max_total_output_bytes=settings.SCHEDULER_MAX_TOTAL_BYTES,
         keep_work_dir=settings.SCHEDULER_KEEP_WORK_DIRS,
         heartbeat_interval=settings.SCHEDULER_CANCEL_POLL_SECONDS,
-        secrets=tuple(v for v in ctx.credentials.values() if v),
+        secrets=tuple(v for v in (*ctx.credentials.values(), *ctx.repository_credentials.values()) if v),
         live_output_bytes=settings.SCHEDULER_LIVE_LOG_BYTES,
         sandbox=run_sandbox(ctx),
         model=ctx.model,
@@ -75,4 +77,21 @@ def execution_spec(ctx: RunContext) -> ExecutionSpec:
         max_cost_usd=ctx.max_cost_usd,
         max_turns=ctx.max_turns,
         prices={str(name): (float(p[0]), float(p[1])) for name, p in settings.SCHEDULER_PRICES.items()},
+        workspace=workspace_spec(ctx),
+        # One path per conversation: claude and gemini file sessions by project directory, so a follow-up (or a
+        # resumed attempt) finds its session only from the same path. Inside the sandbox only.
+        work_dir_inside=f"{WORK_DIR_INSIDE}/{ctx.conversation_id or ctx.task_id}",
+    )
+
+
+WORK_DIR_INSIDE = "/work"
+
+
+def workspace_spec(ctx: RunContext) -> WorkspaceSpec | None:
+    if not ctx.repository_url:
+        return None
+    return WorkspaceSpec(
+        url=ctx.repository_url, ref=ctx.ref, mirror_root=Path(settings.SCHEDULER_MIRROR_DIR),
+        credentials=dict(ctx.repository_credentials), base_patches=ctx.base_patches,
+        exclude=tuple(getattr(ctx, "chained_dirs", ())), push_branch=ctx.push_branch,
     )

@@ -162,6 +162,11 @@ class InputFileSerializer(StrictSerializer):
     content_base64 = StrictCharField(trim_whitespace=False, allow_blank=True, required=False)
 
 
+class FollowUpSerializer(StrictSerializer):
+    prompt = StrictCharField(trim_whitespace=False, allow_blank=True,
+                             help_text="The next turn: the CLI gets it in the parent's resumed session.")
+
+
 class TaskCreateSerializer(StrictSerializer):
     tool = StrictChoiceField(choices=Tool.choices)
     prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
@@ -288,18 +293,46 @@ class TaskSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class ConversationTurnSerializer(serializers.Serializer):
+    """One turn of a conversation (a task and its follow-ups): what was asked, how it ended, what it changed."""
+
+    id = serializers.UUIDField()
+    status = serializers.CharField()
+    prompt = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    final_message = serializers.CharField(allow_blank=True)
+    session_id = serializers.CharField(allow_blank=True)
+    diff_stat = serializers.JSONField(allow_null=True, help_text='{"files", "insertions", "deletions"}.')
+    patch_file = serializers.IntegerField(allow_null=True, help_text="The id of its changes.patch output, if any.")
+
+
 class TaskDetailSerializer(TaskSerializer):
     files = TaskFileSerializer(many=True, read_only=True)
     latest_run = serializers.SerializerMethodField()
+    parent = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True,
+                                                help_text="The task this one follows up (it resumed its session).")
+    resume_session_id = serializers.CharField(read_only=True, allow_blank=True)
+    follow_ups = serializers.SerializerMethodField(help_text="Tasks that follow this one up, oldest first.")
+    conversation = serializers.SerializerMethodField(
+        help_text="The turns that led here, first to last (this task included).")
 
     class Meta(TaskSerializer.Meta):
-        fields = [*TaskSerializer.Meta.fields, "files", "latest_run"]
+        fields = [*TaskSerializer.Meta.fields, "files", "latest_run", "parent", "resume_session_id", "follow_ups",
+                  "conversation"]
         read_only_fields = fields
 
     @extend_schema_field(TaskRunSerializer(allow_null=True))
     def get_latest_run(self, task: Task) -> dict[str, Any] | None:
         run = selectors.task_latest_run(task_id=task.pk)
         return TaskRunSerializer(run).data if run is not None else None
+
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_follow_ups(self, task: Task) -> list[str]:
+        return [str(pk) for pk in selectors.task_follow_up_ids(task_id=task.pk)]
+
+    @extend_schema_field(ConversationTurnSerializer(many=True))
+    def get_conversation(self, task: Task) -> list[dict[str, Any]]:
+        return ConversationTurnSerializer(selectors.task_conversation_turns(task), many=True).data
 
 
 

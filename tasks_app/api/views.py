@@ -29,6 +29,7 @@ from tasks_app.api.follow import follow_response
 from tasks_app.api.renderers import EventStreamRenderer
 from tasks_app.api.serializers import (
     AuditEventSerializer,
+    FollowUpSerializer,
     LogQuerySerializer,
     ScheduleSerializer,
     ScheduleWriteSerializer,
@@ -47,6 +48,7 @@ from tasks_app.api.serializers import (
 from tasks_app.logstream import LOGS, TIMELINE, timeline_dict
 from tasks_app.models import EventSource, Schedule, Task, TaskStatus
 from tasks_app.services.accounts import user_tenant
+from tasks_app.services.followups import task_follow_up
 from tasks_app.services.groups import group_create, group_pause, group_resume, group_update
 from tasks_app.services.schedules import (
     ScheduleSpec,
@@ -133,6 +135,17 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     def retry(self, request: Request, pk: str | None = None) -> Response:
         task = task_retry(task_id=self.get_object().pk, source=EventSource.API, actor=request.user.get_username())
         return Response(TaskSerializer(task).data)
+
+    @extend_schema(request=FollowUpSerializer, responses={201: TaskDetailSerializer, 409: _CONFLICT},
+                   description="Create the next turn: a task that resumes this finished task's CLI session on the "
+                               "same account, from the state it left (its patch, on a repository).")
+    @action(detail=True, methods=["post"], url_path="follow-up")
+    def follow_up(self, request: Request, pk: str | None = None) -> Response:
+        serializer = FollowUpSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        task = task_follow_up(task_id=self.get_object().pk, prompt=serializer.validated_data["prompt"],
+                              created_by=request.user.get_username(), source=EventSource.API)
+        return Response(TaskDetailSerializer(task).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses=TaskRunSerializer(many=True), description="Attempts, newest first.")
     @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])

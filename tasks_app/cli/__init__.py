@@ -18,7 +18,8 @@ from tasks_app.cli.parser import EXIT_NOT_FOUND, EXIT_USAGE, CommandError, build
 # only once a command runs: after main() has called django.setup(), and `ask`'s OpenAI client only for `ask`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "enqueue": ("tasks", "cmd_enqueue"), "list": ("tasks", "cmd_list"), "get": ("tasks", "cmd_get"),
-    "cancel": ("tasks", "cmd_cancel"), "retry": ("tasks", "cmd_retry"), "logs": ("tasks", "cmd_logs"),
+    "cancel": ("tasks", "cmd_cancel"), "retry": ("tasks", "cmd_retry"),
+    "follow-up": ("tasks", "cmd_follow_up"), "logs": ("tasks", "cmd_logs"),
     "files": ("tasks", "cmd_files"), "groups": ("groups", "cmd_groups"), "workers": ("groups", "cmd_workers"),
     "schedules": ("schedules", "cmd_schedules"), "usage": ("usage", "cmd_usage"),
     "users": ("accounts", "cmd_users"), "tokens": ("accounts", "cmd_tokens"), "ask": ("intake", "cmd_ask"),

@@ -17,6 +17,7 @@ from tasks_app.cli.output import emit, short_id, table
 from tasks_app.cli.parser import EXIT_NOT_FOUND, EXIT_WAIT_FAILED, CommandError, parse_time
 from tasks_app.models import TERMINAL_STATUSES, EventSource, Task, TaskStatus
 from tasks_app.presenters import file_dict, run_dict, task_dict
+from tasks_app.services.followups import task_follow_up
 from tasks_app.services.tasks import InputFile, TaskSpec, task_cancel, task_create, task_retry
 from tasks_app.validation import relative_path
 
@@ -49,6 +50,11 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         idle_timeout_seconds=args.idle_timeout,
     )
     task, created = task_create(spec=spec, tenant=args.tenant, created_by=args.actor, source=EventSource.CLI)
+    return _report(args, task, "created" if created else "existing")
+
+
+def _report(args: argparse.Namespace, task: Task, what: str) -> int:
+    """Print the task just made; with --wait, once it has finished (exit 3 unless it succeeded)."""
     if args.wait:
         deadline = time.monotonic() + args.wait_timeout if args.wait_timeout else None
         status = task.status
@@ -61,7 +67,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         task = _find_task(str(task.pk), tenant=args.tenant)
     data = task_dict(task, detail=args.wait)
     emit(args, data, lambda d: print(
-        f"{'created' if created else 'existing'} task {d['id']} ({d['tool']}, priority {d['priority']}): {d['status']}"
+        f"{what} task {d['id']} ({d['tool']}, priority {d['priority']}): {d['status']}"
         + (f"\n{(d.get('result') or {}).get('final_message') or d['error_message']}" if args.wait else "")
     ))
     return 0 if not args.wait or task.status == TaskStatus.SUCCEEDED else EXIT_WAIT_FAILED
@@ -97,9 +103,36 @@ def cmd_get(args: argparse.Namespace) -> int:
         table(["from", "to", "source", "actor", "reason", "at"],
               [[e["from_status"], e["to_status"], e["source"], e["actor"], e["reason"], e["created_at"][:23]]
                for e in d["events"]], title="events")
+        if len(d["conversation"]) > 1 or d["follow_ups"]:
+            table(["turn", "task", "status", "prompt", "final message", "change"],
+                  [[number, t["id"] + (" (this)" if t["id"] == d["id"] else ""), t["status"], _excerpt(t["prompt"]),
+                    _excerpt(t["final_message"]), _change_text(t["diff_stat"])]
+                   for number, t in enumerate(d["conversation"], start=1)], title="conversation")
+            if d["follow_ups"]:
+                print(f"{'follow-ups':>14}: {', '.join(d['follow_ups'])}")
 
     emit(args, data, render)
     return 0
+
+
+def _excerpt(text: str, width: int = 40) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _change_text(stat: dict[str, int] | None) -> str:
+    if stat is None:
+        return ""
+    if not stat.get("files"):
+        return "no change"
+    return f"{stat['files']} file{'s' if stat['files'] != 1 else ''}, +{stat['insertions']} -{stat['deletions']}"
+
+
+def cmd_follow_up(args: argparse.Namespace) -> int:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    task = task_follow_up(task_id=_find_task(args.id, tenant=args.tenant).pk, prompt=prompt,
+                          created_by=args.actor, source=EventSource.CLI)
+    return _report(args, task, f"follow-up of {task.parent_id}:")
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

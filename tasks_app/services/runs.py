@@ -71,6 +71,20 @@ class RunContext:
     idle_timeout_seconds: int = 0
     max_cost_usd: float | None = None
     max_turns: int | None = None
+    # A run on a repository (issue 17): where to check out from, and what to put on top before the CLI starts.
+    repository_url: str = ""
+    repository_credentials: dict[str, str] = field(default_factory=dict, repr=False)
+    ref: str = ""
+    base_patches: tuple[bytes, ...] = ()
+    push_branch: str = ""
+    resume_session: str = ""  # the CLI session this attempt continues ("" a new one)
+    conversation_id: str = ""  # the first task of the chain of follow-ups: names the work dir the CLI sees
+    setup_error: str = ""  # why this attempt cannot be set up (it fails without starting the CLI)
+
+
+# The patch of what a run on a repository changed: an output file of the run, and what a follow-up (or the
+# retry of a run cut off by a usage limit) starts from.
+CHANGES_PATCH = "changes.patch"
 
 
 def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: str = "",
@@ -113,12 +127,14 @@ def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: st
         )
         run = TaskRun.objects.create(
             task=task, attempt=attempt, worker_group=group, worker=worker, celery_task_id=celery_task_id,
-            lease_token=token, started_at=now, sandbox=sandbox,
+            lease_token=token, started_at=now, sandbox=sandbox, resumed_session_id=task.resume_session_id,
         )
     inputs = [(f.path, f.read_bytes()) for f in task.files.filter(direction=TaskFile.Direction.INPUT, run=None)]
+    continuation = _continuation(task)
+    prompt = continuation.pop("prompt", task.prompt)
     return RunContext(
         task_id=task.pk, run_id=run.pk, attempt=attempt, lease_token=token, tool=task.tool, model=task.model,
-        prompt=task.prompt, group_name=group.name, group_env=dict(group.env or {}),
+        prompt=prompt, group_name=group.name, group_env=dict(group.env or {}),
         credentials=credentials, extra_args=list(group.extra_args or []),
         allow_dangerous_flags=group.allow_dangerous_flags, input_files=inputs,
         output_patterns=list(task.output_files or []), timeout_seconds=task.timeout_seconds,
@@ -126,7 +142,58 @@ def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: st
                               else settings.SCHEDULER_IDLE_TIMEOUT),
         max_cost_usd=float(task.max_cost_usd) if task.max_cost_usd is not None else None,
         max_turns=task.max_turns,
+        **continuation,
     )
+
+
+def _continuation(task: Task) -> dict[str, Any]:
+    """What carries over into this attempt: the CLI session it resumes (a follow-up's parent's, or this task's own
+    after a usage limit) and, on a repository, the commit and the change that session had made, so the CLI finds
+    its work where it left it. Also the conversation's id, which names the work dir the CLI sees."""
+    conversation = task
+    for _ in range(1000):  # follow-ups form a chain to the first task; bounded against a corrupted cycle
+        if conversation.parent_id is None:
+            break
+        conversation = Task.objects.only("id", "parent_id").get(pk=conversation.parent_id)
+    carried: dict[str, Any] = {"conversation_id": str(conversation.pk), "resume_session": task.resume_session_id}
+    resumed = _resumed_run(task)
+    if task.resume_session_id and resumed is None:
+        logger.warning("task %s resumes session %s, but no run recorded it", task.pk, task.resume_session_id)
+    if resumed is not None and resumed.task_id == task.pk:
+        # Its own session, cut off by a usage limit: the session already holds the task; the CLI is told to go on.
+        carried["prompt"] = settings.SCHEDULER_RESUME_PROMPT
+    if task.repository_id is None:
+        return carried
+    repository = task.repository
+    try:
+        credentials = repository.credentials
+    except CredentialsUnreadable:
+        carried["setup_error"] = (f"this box's SCHEDULER_ENCRYPTION_KEY cannot decrypt the credentials of repository "
+                                  f"{repository.name}")
+        return carried
+    patch = (TaskFile.objects.filter(run=resumed, direction=TaskFile.Direction.OUTPUT, path=CHANGES_PATCH)
+             .order_by("-id").first() if resumed is not None else None)
+    carried.update(
+        repository_url=repository.url, repository_credentials=credentials,
+        ref=(resumed.base_sha if resumed is not None and resumed.base_sha else task.ref or repository.default_ref),
+        base_patches=(patch.read_bytes(),) if patch is not None else (),
+        push_branch=f"{repository.push_prefix}{task.pk}" if repository.push_prefix else "",
+    )
+    return carried
+
+
+def _resumed_run(task: Task) -> TaskRun | None:
+    """The run whose session this task resumes: its own latest (a retry after a usage limit), else its parent's."""
+    if not task.resume_session_id:
+        return None
+    for owner in (task.pk, task.parent_id):
+        if owner is None:
+            continue
+        run = (TaskRun.objects.filter(task_id=owner, session_id=task.resume_session_id)
+               .order_by("-attempt").first())
+        if run is not None:
+            return run
+    return None
 
 
 def run_heartbeat(*, task_id: Any, lease_token: Any) -> Control:
@@ -212,6 +279,12 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
         stored_file(task=run.task, run=run, direction=TaskFile.Direction.OUTPUT, path=f.path, data=f.data)
         for f in result.outputs
     ]
+    change = result.change
+    if (change is not None and change.changed and not result.succeeded and _worth_resuming(run.task, result)
+            and not any(f.path == CHANGES_PATCH for f in result.outputs)):
+        # Work cut off by a usage limit: its patch is what the resuming attempt starts from.
+        output_rows.append(stored_file(task=run.task, run=run, direction=TaskFile.Direction.OUTPUT,
+                                       path=CHANGES_PATCH, data=change.patch))
     now = timezone.now()
     with transaction.atomic():
         task = task_lock(task_id=run.task_id)
@@ -240,6 +313,11 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
         run.latency_ms = result.latency_ms
         run.command = result.command
         run.notes = notes
+        if change is not None:
+            run.base_sha, run.pushed_branch, run.pushed_sha = change.base_sha, change.pushed_branch, change.pushed_sha
+            run.diff_stat = {"files": change.files, "insertions": change.insertions, "deletions": change.deletions}
+            if change.error:
+                run.notes = [*run.notes, f"change: {change.error}"]
         run.save()
         TaskFile.objects.bulk_create(output_rows)
         summary = {
@@ -253,6 +331,7 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
             "latency_ms": result.latency_ms,
             "outputs": [f.path for f in result.outputs],
             **({"output_errors": result.output_errors} if result.output_errors else {}),
+            **({"change": _change_summary(change)} if change is not None else {}),
         }
         if not kind:
             WorkerGroup.objects.filter(pk=run.worker_group_id, account_failures__gt=0).update(account_failures=0)
@@ -265,9 +344,26 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
             _end_canceled(task, run, message=result.error_message, actor=worker, now=now, summary=summary)
         else:
             _settle_failure(task, run, kind=kind, message=result.error_message,
-                            retry_after=result.retry_after_seconds, actor=worker, now=now, summary=summary)
+                            retry_after=result.retry_after_seconds, actor=worker, now=now, summary=summary,
+                            resume=_worth_resuming(task, result))
     # The freed slot is refilled by the caller's dispatch pass (the worker runs one right away).
     return task
+
+
+def _change_summary(change: Any) -> dict[str, Any]:
+    return {"base_sha": change.base_sha, "files": change.files, "insertions": change.insertions,
+            "deletions": change.deletions, **({"pushed_branch": change.pushed_branch} if change.pushed_branch else {}),
+            **({"error": change.error} if change.error else {})}
+
+
+def _worth_resuming(task: Task, result: ExecutionResult) -> bool:
+    """Should the retry of a run cut off by a usage limit resume its CLI session (on the same account) rather than
+    start over (maybe elsewhere)? When the session holds work: the run had changed its checkout, had gone past its
+    first turn, or was itself continuing a conversation."""
+    if result.failure_kind != FailureKind.RATE_LIMITED or not result.session_id:
+        return False
+    changed = result.change is not None and result.change.changed
+    return changed or (result.turns or 0) > 1 or bool(task.resume_session_id)
 
 
 def _storable(result: ExecutionResult) -> tuple[ExecutionResult, list[str]]:
@@ -332,8 +428,10 @@ def _retryable(task: Task, run: TaskRun, kind: str) -> bool:
 
 
 def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_after: float | None, actor: str,
-                    now: datetime, summary: dict[str, Any] | None = None) -> None:
-    """Retry with backoff (retryable kinds, attempts left) or fail. `task` is locked by the caller."""
+                    now: datetime, summary: dict[str, Any] | None = None, resume: bool = False) -> None:
+    """Retry with backoff (retryable kinds, attempts left) or fail. `task` is locked by the caller. With `resume`
+    (a run cut off by a usage limit, its session holding work) the retry resumes that session on the same account,
+    after its reset."""
     if kind == FailureKind.RATE_LIMITED and retry_after is not None:
         retry_after = max(retry_after, settings.SCHEDULER_RATE_LIMIT_MIN_COOLDOWN_SECONDS)
     if kind == FailureKind.RATE_LIMITED and run.worker_group_id:
@@ -365,21 +463,28 @@ def _settle_failure(task: Task, run: TaskRun, *, kind: str, message: str, retry_
         )
         return
     if _retryable(task, run, kind):
+        resuming: dict[str, Any] = {}
+        if resume and run.worker_group_id:
+            # The session lives in this account's state dir: the retry stays here and continues it.
+            resuming = {"resume_session_id": run.session_id, "worker_group": run.worker_group,
+                        "worker_group_pinned": True}
+            data = {**data, "resume_session": run.session_id}
         # The reset time belongs to the account: an unpinned task may run elsewhere sooner (the limited group
         # takes nothing until its reset); a pinned one has to wait for it.
-        wait_for_reset = retry_after if task.worker_group_pinned else None
+        wait_for_reset = retry_after if task.worker_group_pinned or resuming else None
         delay = backoff_seconds(task.attempt - task.attempt_base, wait_for_reset)
         retry_at = now + timedelta(seconds=delay)
         enqueue_dispatch(at=retry_at)
         task_transition(
             locked=task, to=TaskStatus.QUEUED, source=EventSource.WORKER if actor else EventSource.SYSTEM,
-            actor=actor, reason=f"attempt {run.attempt} failed ({kind}): retrying in {delay:.0f}s",
+            actor=actor, reason=f"attempt {run.attempt} failed ({kind}): retrying in {delay:.0f}s"
+            + (f", resuming session {run.session_id}" if resuming else ""),
             data={**data, "retry_in_seconds": round(delay, 3)},
             updates={
                 "next_attempt_at": retry_at, "error_message": message,
                 # An unpinned task may move to another account of its tool.
                 "worker_group": task.worker_group if task.worker_group_pinned else None,
-                **_lease_cleared(),
+                **_lease_cleared(), **resuming,
             },
         )
         return

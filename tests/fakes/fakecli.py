@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -139,6 +140,8 @@ class Run:
         self.started = time.time()
         self.child: subprocess.Popen | None = None
         self.session_id = str(uuid.uuid4())
+        self.resumed: str | None = None  # the session id given to resume, once found
+        self.history = 0  # turns of the resumed session before this one
         self.start_logged = False
 
     # -- credentials / logging
@@ -296,6 +299,44 @@ class Run:
     def duration_ms(self) -> int:
         return int((time.time() - self.started) * 1000)
 
+    # -- sessions: stored like the real CLIs store them, under the account's state dir
+    def session_file(self, session_id: str) -> str:
+        """claude files sessions per project dir (the cwd) under CLAUDE_CONFIG_DIR, gemini per project under
+        GEMINI_CLI_HOME, codex under CODEX_HOME whatever the cwd: a resume finds them only on the same account,
+        and for claude and gemini only from the same directory path."""
+        home = os.environ.get("HOME") or "/tmp"
+        cwd = os.getcwd()
+        if self.tool == "claude":
+            base = os.environ.get("CLAUDE_CONFIG_DIR") or os.path.join(home, ".claude")
+            return os.path.join(base, "projects", re.sub(r"[^A-Za-z0-9]", "-", cwd), f"{session_id}.jsonl")
+        if self.tool == "codex":
+            base = os.environ.get("CODEX_HOME") or os.path.join(home, ".codex")
+            return os.path.join(base, "sessions", f"rollout-{session_id}.jsonl")
+        base = os.environ.get("GEMINI_CLI_HOME") or home
+        project = hashlib.sha256(cwd.encode()).hexdigest()[:16]
+        return os.path.join(base, ".gemini", "tmp", project, "chats", f"session-{session_id}.jsonl")
+
+    def resume(self, session_id: str) -> None:
+        """Continue a stored session, or fail like the real CLI does when it cannot find it."""
+        path = self.session_file(session_id)
+        if not os.path.isfile(path):
+            message = {
+                "claude": f"No conversation found with session ID: {session_id}",
+                "codex": f"Error: thread/resume: thread/resume failed: no rollout found for thread id {session_id} "
+                         "(code -32600)",
+                "gemini": "Error resuming session: No previous sessions found for this project.",
+            }[self.tool]
+            raise self.reject(1, message)
+        with open(path, encoding="utf-8") as handle:
+            self.history = sum(1 for line in handle if line.strip())
+        self.session_id = self.resumed = session_id
+
+    def _record_session(self) -> None:
+        path = self.session_file(self.session_id)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"prompt": self.visible_prompt, "t": time.time()}) + "\n")
+
     # -- the shared body of a run
     def begin(self) -> None:
         """After a successful parse: start log, filler, env dump, sleep; hang/exit scenarios end here."""
@@ -306,8 +347,12 @@ class Run:
                 stdin=subprocess.DEVNULL,
             )  # same process group, inherits stdout/stderr like a real tool subprocess
             extra["child_pid"] = self.child.pid
-        self.log("start", scenario=self.scenario, session_id=self.session_id, **extra)
+        self._record_session()
+        self.log("start", scenario=self.scenario, session_id=self.session_id, resumed=self.resumed,
+                 history=self.history, **extra)
         self.start_logged = True
+        for rel, text in (self.directive.get("write_early") or {}).items():  # work done before a failure
+            self._write_file(rel, str(text).encode("utf-8"))
         echo = os.environ.get("FAKE_CLI_ECHO_ENV")
         if echo:  # a careless CLI that prints a secret: the scheduler must scrub it from what it records
             out(f"debug: {echo}={os.environ.get(echo, '')}\n")
@@ -484,6 +529,8 @@ CLAUDE_VALUE_OPTS = {
     "--append-system-prompt": "prompt",
     "--setting-sources": "sources",
     "--fallback-model": "model",
+    "--resume": "session",
+    "-r": "session",
 }
 CLAUDE_VARIADIC = {
     "--allowedTools": "tools...",
@@ -608,6 +655,8 @@ def claude_main(run: Run, argv: list[str]) -> int:
             1, "Error: Input must be provided either through stdin or as a prompt argument when using --print"
         )
     run.set_prompt(prompt)
+    if opts.get("resume") or opts.get("r"):
+        run.resume(str(opts.get("resume") or opts.get("r")))
     run.begin()
     model = run.model or DEFAULT_MODELS["claude"]
     stream = fmt == "stream-json"
@@ -843,7 +892,10 @@ def _clap_error(run: Run, message: str, tip: str = "") -> Exit:
     return run.reject(2, text)
 
 
-def parse_codex(run: Run, argv: list[str]) -> dict:
+CODEX_NOT_ON_RESUME = frozenset({"--sandbox", "--color", "--cd", "--profile"})
+
+
+def parse_codex(run: Run, argv: list[str], *, resuming: bool = False) -> dict:
     opts: dict = {"--config": []}
     positionals: list[str] = []
     i = 0
@@ -852,6 +904,17 @@ def parse_codex(run: Run, argv: list[str]) -> dict:
         i += 1
         if arg == "--":
             positionals.extend(argv[i:])
+            break
+        if arg == "resume" and not positionals and "resume" not in opts:
+            # `codex exec [OPTIONS] resume [OPTIONS] [SESSION_ID] [PROMPT]`: exec's own options go before
+            # `resume`; after it only resume's (no --sandbox, --color or --cd there).
+            rest = parse_codex(run, argv[i:], resuming=True)
+            words = [rest["prompt"], *rest.pop("more", [])]
+            words = [w for w in words if w is not None]
+            opts["--config"] += rest.pop("--config")
+            opts.update({k: v for k, v in rest.items() if k != "prompt"})
+            opts["resume"] = words[0] if words else ""
+            positionals.extend(words[1:2])
             break
         if arg == "-" or not arg.startswith("-"):
             positionals.append(arg)
@@ -862,6 +925,10 @@ def parse_codex(run: Run, argv: list[str]) -> dict:
         name, value = split_eq(arg)
         if name not in CODEX_VALUE_OPTS and len(arg) > 2 and arg[1] != "-" and arg[:2] in CODEX_VALUE_OPTS:
             name, value = arg[:2], arg[2:].removeprefix("=")  # -mMODEL / -m=MODEL
+        if resuming and name in CODEX_VALUE_OPTS and CODEX_VALUE_OPTS[name][0] in CODEX_NOT_ON_RESUME:
+            raise _clap_error(
+                run, f"unexpected argument '{arg}' found", f"to pass '{arg}' as a value, use '-- {arg}'"
+            )
         if name in CODEX_VALUE_OPTS:
             canon, label = CODEX_VALUE_OPTS[name]
             if value is None:
@@ -887,6 +954,12 @@ def parse_codex(run: Run, argv: list[str]) -> dict:
         raise _clap_error(
             run, f"unexpected argument '{arg}' found", f"to pass '{arg}' as a value, use '-- {arg}'"
         )
+    if resuming:
+        if len(positionals) > 2:
+            raise _clap_error(run, f"unexpected argument '{positionals[2]}' found")
+        opts["prompt"] = positionals[0] if positionals else None
+        opts["more"] = positionals[1:]
+        return opts
     if len(positionals) > 1:
         raise _clap_error(run, f"unexpected argument '{positionals[1]}' found")
     opts["prompt"] = positionals[0] if positionals else None
@@ -946,6 +1019,10 @@ def codex_main(run: Run, argv: list[str]) -> int:
             prompt = f"{prompt}\n\n<stdin>\n{extra}\n</stdin>"
     os.chdir(workdir)
     run.set_prompt(prompt)
+    if opts.get("resume") is not None:
+        if not opts["resume"]:
+            raise run.reject(1, "Error: no session id given and --last not set")
+        run.resume(opts["resume"])
     model = run.model or DEFAULT_MODELS["codex"]
     as_json = bool(opts.get("--json"))
     thread_id = run.session_id
@@ -1074,6 +1151,8 @@ GEMINI_VALUE_OPTS = {
     "-o": "output-format",
     "--output-format": "output-format",
     "--approval-mode": "approval-mode",
+    "-r": "resume",
+    "--resume": "resume",
 }
 GEMINI_FLAGS = {
     "-y": "yolo",
@@ -1200,6 +1279,8 @@ def gemini_main(run: Run, argv: list[str]) -> int:
             "--prompt option.",
         )
     run.set_prompt(prompt)
+    if opts.get("resume"):
+        run.resume(str(opts["resume"]))
     fmt = opts.get("output-format", "text")
     model = run.model or DEFAULT_MODELS["gemini"]
     stream = fmt == "stream-json"

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import time
 import uuid
@@ -778,3 +779,60 @@ def test_dangerous_flags_need_both_the_group_and_the_site_setting(group_allows: 
     else:
         with pytest.raises(ConfigurationError, match="is dangerous"):
             execution_spec(ctx)
+
+
+# -- sessions: a follow-up resumes the CLI's own session ------------------------------------------------
+
+
+STATE_DIR_VARIABLE = {"claude": "CLAUDE_CONFIG_DIR", "codex": "CODEX_HOME", "gemini": "GEMINI_CLI_HOME"}
+
+
+def _session_run(tool: str, tmp_path: Path, prompt: str, work: str, *, resume: str = "",
+                 state: str = "state") -> ExecutionResult:
+    argv = ADAPTERS[tool].build(binary=str(FAKES_BIN / tool), model=MODELS[tool], extra_args=[],
+                                allow_dangerous=False, resume_session=resume)
+    env = _env(tool, tmp_path, **{STATE_DIR_VARIABLE[tool]: str(tmp_path / state)})
+    return execute(ExecutionSpec(tool=tool, argv=argv, stdin=prompt.encode(), env=env, work_dir=tmp_path / work,
+                                 secrets=(SECRET,), keep_work_dir=True))
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_each_cli_resumes_its_session_with_the_command_line_it_accepts(tool: str, tmp_path: Path) -> None:
+    first = _session_run(tool, tmp_path, "Write the report", "work")
+    assert first.succeeded and first.session_id, first.error_message
+    shutil.rmtree(tmp_path / "work")  # claude and gemini file sessions by project dir: resume from the same path
+
+    again = _session_run(tool, tmp_path, "Now shorten it", "work", resume=first.session_id)
+
+    assert again.succeeded, again.error_message
+    assert again.session_id == first.session_id
+    start = [line for line in _log(tmp_path) if line["event"] == "start"][-1]
+    assert (start["resumed"], start["history"]) == (first.session_id, 1)
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_session_of_another_account_cannot_be_resumed(tool: str, tmp_path: Path) -> None:
+    first = _session_run(tool, tmp_path, "Write the report", "work", state="account-a")
+    shutil.rmtree(tmp_path / "work")
+    other = _session_run(tool, tmp_path, "Go on", "work", resume=first.session_id, state="account-b")
+    assert not other.succeeded and other.failure_kind == "exit_code"
+    assert first.session_id in other.stderr or "No previous sessions" in other.stderr
+
+
+@pytest.mark.parametrize("session", ["--dangerously-skip-permissions", "a b", "", "x" * 201])
+def test_a_session_id_that_is_not_one_is_never_passed_to_a_cli(session: str) -> None:
+    if not session:
+        argv = ADAPTERS["claude"].build(binary="claude", model="", extra_args=[], allow_dangerous=False,
+                                        resume_session=session)
+        assert "--resume" not in argv
+        return
+    with pytest.raises(ConfigurationError, match="cannot be resumed"):
+        ADAPTERS["codex"].build(binary="codex", model="", extra_args=[], allow_dangerous=False,
+                                resume_session=session)
+
+
+def test_codex_resume_keeps_execs_own_options_before_the_subcommand() -> None:
+    argv = ADAPTERS["codex"].build(binary="codex", model="gpt-5-codex", extra_args=[], allow_dangerous=False,
+                                   resume_session="0199a1b2-0000-7000-8000-000000000000")
+    assert argv[argv.index("resume") - 4:] == ["--sandbox", "workspace-write", "--model", "gpt-5-codex", "resume",
+                                               "0199a1b2-0000-7000-8000-000000000000", "-"]
