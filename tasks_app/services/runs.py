@@ -41,6 +41,7 @@ from tasks_app.models import (
 )
 from tasks_app.models import RunEvent as RunEventRow
 from tasks_app.sanitize import Sanitiser, storable_json, storable_text
+from tasks_app.services.chains import chain_inputs
 from tasks_app.services.enqueue import enqueue_dispatch
 from tasks_app.services.groups import group_quarantine_locked, undecryptable_reason
 from tasks_app.services.tasks import stored_file
@@ -71,6 +72,7 @@ class RunContext:
     idle_timeout_seconds: int = 0
     max_cost_usd: float | None = None
     max_turns: int | None = None
+    chained_dirs: tuple[str, ...] = ()  # parents' ids: their outputs arrive under these dirs (chains)
 
 
 def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: str = "",
@@ -116,6 +118,8 @@ def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: st
             lease_token=token, started_at=now, sandbox=sandbox,
         )
     inputs = [(f.path, f.read_bytes()) for f in task.files.filter(direction=TaskFile.Direction.INPUT, run=None)]
+    chained = chain_inputs(task_id=task.pk)
+    inputs += chained.files
     return RunContext(
         task_id=task.pk, run_id=run.pk, attempt=attempt, lease_token=token, tool=task.tool, model=task.model,
         prompt=task.prompt, group_name=group.name, group_env=dict(group.env or {}),
@@ -125,7 +129,7 @@ def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: st
         idle_timeout_seconds=(task.idle_timeout_seconds if task.idle_timeout_seconds is not None
                               else settings.SCHEDULER_IDLE_TIMEOUT),
         max_cost_usd=float(task.max_cost_usd) if task.max_cost_usd is not None else None,
-        max_turns=task.max_turns,
+        max_turns=task.max_turns, chained_dirs=chained.dirs,
     )
 
 
