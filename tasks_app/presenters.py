@@ -40,7 +40,11 @@ def task_dict(task: Task, *, detail: bool = False) -> dict[str, Any]:
         "finished_at": _iso(task.finished_at),
     }
     if detail:
+        chain = selectors.task_chain(task=task)
         data.update(
+            depends_on=chain.depends_on,
+            dependents=chain.dependents,
+            waiting_on=chain.waiting_on,
             prompt=task.prompt,
             output_files=task.output_files,
             result=task.result,

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db.models import BooleanField, Count, ExpressionWrapper, F, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
@@ -119,6 +120,53 @@ def task_events(*, task_id: Any) -> QuerySet[TaskEvent]:
 def task_files(*, task_id: Any) -> QuerySet[TaskFile]:
     """Inputs then outputs, by path; for one path the newest first (a retried attempt's output)."""
     return TaskFile.objects.select_related("run").filter(task_id=task_id).order_by("direction", "path", "-id")
+
+
+@dataclass(frozen=True)
+class TaskChain:
+    """A task's place in chains (SPEC §8), as ids: the tasks it depends on, those that depend on it, and the
+    parents it is still waiting for (only while it is queued)."""
+
+    depends_on: list[str]
+    dependents: list[str]
+    waiting_on: list[str]
+
+
+def task_chain(*, task: Task) -> TaskChain:
+    parents = list(Task.objects.filter(dependents=task.pk).order_by("pk").values_list("pk", "status"))
+    dependents = Task.objects.filter(depends_on=task.pk).order_by("pk").values_list("pk", flat=True)
+    waiting = [str(pk) for pk, status in parents if status != TaskStatus.SUCCEEDED] if (
+        task.status == TaskStatus.QUEUED) else []
+    return TaskChain(depends_on=[str(pk) for pk, _ in parents], dependents=[str(pk) for pk in dependents],
+                     waiting_on=waiting)
+
+
+def _chain_outputs(parent_ids: Any) -> QuerySet[TaskFile]:
+    # A succeeded task has exactly one succeeded run: its outputs are the ones a dependent receives.
+    return TaskFile.objects.filter(task_id__in=parent_ids, direction=TaskFile.Direction.OUTPUT,
+                                   run__status=TaskRun.Status.SUCCEEDED)
+
+
+def chain_outputs_bytes(*, parent_ids: Iterable[Any]) -> int:
+    """The total size of the outputs of these (succeeded) tasks, as a dependent would receive them."""
+    ids = list(parent_ids)
+    if not ids:
+        return 0
+    return _chain_outputs(ids).aggregate(total=Sum("size_bytes"))["total"] or 0
+
+
+def chain_outputs_over_limit(*, parent_ids: Iterable[Any]) -> str:
+    """Why the outputs of these tasks cannot all arrive in one dependent's work dir, or "" when they can:
+    SCHEDULER_MAX_TOTAL_BYTES bounds them, as it bounds a task's own inputs."""
+    total, limit = chain_outputs_bytes(parent_ids=parent_ids), settings.SCHEDULER_MAX_TOTAL_BYTES
+    if total <= limit:
+        return ""
+    return f"the outputs of its parents total {total} bytes; the limit is {limit} (SCHEDULER_MAX_TOTAL_BYTES)"
+
+
+def chain_output_files(*, parent_ids: Iterable[Any]) -> QuerySet[TaskFile]:
+    """The outputs of these (succeeded) tasks, as a dependent receives them: by task, then path."""
+    return _chain_outputs(list(parent_ids)).order_by("task_id", "path")
 
 
 def run_log_chunks(*, run_id: int, after: int = 0, limit: int = 500) -> list[TaskLogChunk]:

@@ -4,21 +4,27 @@
 moves a dispatcher's batch queued → leased; both write the TaskEvent in the same transaction. Row locks are
 taken once per transition: a service that must read the row before deciding takes it with `task_lock` and
 passes the locked instance on.
+
+A task that reaches a terminal status settles its dependents (chains, SPEC §8) in the same transaction:
+`dependents_settle` below.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import models, transaction
 from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from tasks_app.models import EventSource, Task, TaskEvent, TaskStatus, WorkerGroup
+from tasks_app.models import TERMINAL_STATUSES, EventSource, Task, TaskEvent, TaskStatus, WorkerGroup
+from tasks_app.selectors import chain_outputs_over_limit
+from tasks_app.services.enqueue import enqueue_dispatch
 
 Q, L, R = TaskStatus.QUEUED, TaskStatus.LEASED, TaskStatus.RUNNING
 S, F, C = TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED
@@ -110,7 +116,93 @@ def task_transition(
         task.save(update_fields=sorted(fields))
         task_event_add(task=task, from_status=from_status, to=to, source=source, actor=actor, reason=reason,
                        data=data)
+        if to in TERMINAL_STATUSES:
+            dependents_settle(task=task, to=to)
     return task
+
+
+# The settlings of the current transaction still to do, while one is under way (see `dependents_settle`).
+_settling: ContextVar[list[tuple[Task, str]] | None] = ContextVar("chain_settling", default=None)
+CHAIN_ACTOR = "chains"
+
+
+def dependents_settle(*, task: Task, to: str) -> None:
+    """A task reached a terminal status (`to`): its dependents learn of it in the same transaction, under its row
+    lock. Succeeded: each queued dependent has one parent less to wait for, and is dispatched once none is left.
+    Failed or canceled: each unfinished dependent is canceled (it could never run), and settles its own
+    dependents in turn. Lock order: the parent is locked (by the caller), then its dependents by id.
+
+    A dependent canceled here goes through `task_transition` like any other move, which calls this again: that
+    call only queues its task on the settling under way, which works through the queue in order. A chain of any
+    depth is settled by one loop, never by a recursion as deep as the chain.
+    """
+    queue = _settling.get()
+    if queue is not None:
+        queue.append((task, to))
+        return
+    queue = [(task, to)]
+    token = _settling.set(queue)
+    try:
+        while queue:
+            parent, status = queue.pop(0)
+            if status == TaskStatus.SUCCEEDED:
+                _dependents_release(parent)
+            else:
+                _dependents_cancel(parent, why="failed" if status == TaskStatus.FAILED else "was canceled")
+    finally:
+        _settling.reset(token)
+
+
+def _dependents_release(parent: Task) -> None:
+    children = list(Task.objects.filter(depends_on=parent.pk, status=TaskStatus.QUEUED, dependencies_pending__gt=0)
+                    .order_by("pk").values_list("pk", flat=True))
+    if not children:
+        return
+    # One atomic decrement each (the row is locked by the UPDATE, after the parent: the chains' lock order). The
+    # condition is checked again by the UPDATE itself, so a dependent canceled meanwhile is left alone.
+    Task.objects.filter(pk__in=children, status=TaskStatus.QUEUED, dependencies_pending__gt=0).update(
+        dependencies_pending=models.F("dependencies_pending") - 1)
+    now = timezone.now()
+    for child in Task.objects.filter(pk__in=children, status=TaskStatus.QUEUED, dependencies_pending=0).order_by("pk"):
+        parents = list(Task.objects.filter(dependents=child.pk).values_list("pk", flat=True))
+        refusal = chain_outputs_over_limit(parent_ids=parents)
+        if refusal:
+            # Refused before it ever runs: a run that started with part of its inputs would mislead.
+            task_transition(
+                task_id=child.pk, to=TaskStatus.CANCELED, source=EventSource.SYSTEM, actor=CHAIN_ACTOR,
+                reason=refusal, data={"parent": str(parent.pk)}, expect=[TaskStatus.QUEUED],
+                updates={"finished_at": now},
+            )
+            continue
+        due = max((at for at in (child.scheduled_at, child.next_attempt_at) if at is not None), default=None)
+        enqueue_dispatch(at=due if due is not None and due > now else None)
+
+
+def _dependents_cancel(parent: Task, *, why: str) -> None:
+    reason = f"parent {parent.pk} {why}"
+    children = (Task.objects.filter(depends_on=parent.pk)
+                .exclude(status__in=TERMINAL_STATUSES).order_by("pk").values_list("pk", flat=True))
+    for child_id in list(children):
+        child = task_lock(task_id=child_id)
+        if child is None or child.status in TERMINAL_STATUSES:
+            continue
+        if child.status == TaskStatus.RUNNING:
+            # Cannot happen (a dependent is dispatched only once every parent succeeded), but if it does, it is
+            # stopped like any running task: a cancel request its worker acts on.
+            if child.cancel_requested_at is None:
+                child.cancel_requested_at = timezone.now()
+                child.cancel_source, child.cancel_actor, child.cancel_reason = EventSource.SYSTEM, CHAIN_ACTOR, reason
+                child.save(update_fields=["cancel_requested_at", "cancel_source", "cancel_actor", "cancel_reason",
+                                          "updated_at"])
+                task_event_add(task=child, source=EventSource.SYSTEM, actor=CHAIN_ACTOR,
+                               reason=f"cancel requested: {reason}",
+                               data={"parent": str(parent.pk), "cancel_requested": True})
+            continue
+        task_transition(
+            locked=child, to=TaskStatus.CANCELED, source=EventSource.SYSTEM, actor=CHAIN_ACTOR, reason=reason,
+            data={"parent": str(parent.pk)},
+            updates={"finished_at": timezone.now(), "lease_token": None, "lease_expires_at": None},
+        )
 
 
 def lease_expiry(seconds: float) -> CombinedExpression:

@@ -529,6 +529,20 @@ def test_exit_scenario_and_dump_env(tmp_path):
     assert env["TZ"] == "UTC"
 
 
+def test_list_files_writes_what_the_cli_finds_in_its_work_dir(tmp_path):
+    work = _workdir(tmp_path)
+    (work / "parent-id" / "out").mkdir(parents=True)
+    (work / "parent-id" / "out" / "a.txt").write_text("from A\n")
+    (work / "b.bin").write_bytes(b"\xff")
+    (work / "link").symlink_to(work / "b.bin")
+
+    r = run_fake("claude", ["-p", fake(list_files="seen/listing.json")], tmp_path, ANTHROPIC_API_KEY="ak")
+
+    assert r.returncode == 0
+    listing = json.loads((work / "seen" / "listing.json").read_text())
+    assert listing == {"parent-id/out/a.txt": "from A\n", "b.bin": "\ufffd"}
+
+
 def test_log_lines_written(tmp_path):
     run_fake("claude", ["-p", "--model", "sonnet", fake(tag="c1")], tmp_path, ANTHROPIC_API_KEY="ak")
     run_fake("codex", ["exec", "--skip-git-repo-check", fake(tag="x1")], tmp_path, CODEX_ACCESS_TOKEN="xt")

@@ -93,5 +93,5 @@ def workspace_spec(ctx: RunContext) -> WorkspaceSpec | None:
     return WorkspaceSpec(
         url=ctx.repository_url, ref=ctx.ref, mirror_root=Path(settings.SCHEDULER_MIRROR_DIR),
         credentials=dict(ctx.repository_credentials), base_patches=ctx.base_patches,
-        exclude=tuple(getattr(ctx, "chained_dirs", ())), push_branch=ctx.push_branch,
+        exclude=ctx.chained_dirs, push_branch=ctx.push_branch,
     )

@@ -13,16 +13,22 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import URLPattern, path
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.http import content_disposition_header
 from django.utils.safestring import SafeString
 
 from tasks_app import selectors
-from tasks_app.admin.common import ReadOnlyAdminMixin, _download_link, _pre, _report
+from tasks_app.admin.common import ReadOnlyAdminMixin, _download_link, _pre, _report, _task_link
 from tasks_app.logstream import timeline_dict
 from tasks_app.models import FAILURE_KIND_CHOICES, EventSource, Task, TaskEvent, TaskFile, TaskRun, TaskStatus
 from tasks_app.services.tasks import TaskStateError, task_cancel, task_retry
 from tasks_app.transitions import InvalidTransition
+
+
+def _task_links(task_ids: list[str]) -> SafeString:
+    if not task_ids:
+        return format_html("<em>{}</em>", "none")
+    return format_html_join(", ", "{}", ((_task_link(task_id),) for task_id in task_ids))
 
 
 class FailureKindFilter(admin.SimpleListFilter):
@@ -126,6 +132,7 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         ("Lifecycle", {"fields": ("attempt", "max_attempts", "attempt_base", "next_attempt_at", "started_at",
                                   "finished_at", "lease_expires_at", "cancel_requested_at", "created_at",
                                   "updated_at")}),
+        ("Chain", {"fields": ("depends_on_links", "waiting_on_links", "dependents_links")}),
         ("Outcome", {"fields": ("error_message", "result", "metadata")}),
     )
     readonly_fields = ("id", "status", "tool", "model", "tenant", "created_by", "schedule", "prompt_block",
@@ -134,7 +141,7 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                        "idempotency_key", "output_files", "attempt", "max_attempts", "attempt_base",
                        "next_attempt_at", "started_at", "finished_at", "lease_expires_at",
                        "cancel_requested_at", "created_at", "updated_at", "error_message", "result",
-                       "metadata")
+                       "metadata", "depends_on_links", "waiting_on_links", "dependents_links")
 
     def get_urls(self) -> list[URLPattern]:
         download = path(
@@ -214,6 +221,18 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def prompt_excerpt(self, task: Task) -> str:
         text = " ".join(task.prompt.split())
         return text if len(text) <= 80 else f"{text[:79]}…"
+
+    @admin.display(description="depends on")
+    def depends_on_links(self, task: Task) -> SafeString:
+        return _task_links(selectors.task_chain(task=task).depends_on)
+
+    @admin.display(description="waiting on")
+    def waiting_on_links(self, task: Task) -> SafeString:
+        return _task_links(selectors.task_chain(task=task).waiting_on)
+
+    @admin.display(description="dependents")
+    def dependents_links(self, task: Task) -> SafeString:
+        return _task_links(selectors.task_chain(task=task).dependents)
 
     @admin.display(description="prompt")
     def prompt_block(self, task: Task) -> SafeString:

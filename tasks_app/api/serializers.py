@@ -28,6 +28,7 @@ from tasks_app.models import (
     WorkerGroup,
 )
 from tasks_app.presenters import worker_command
+from tasks_app.services.chains import MAX_PARENTS
 from tasks_app.services.tasks import TaskSpec, input_file_from_payload
 
 
@@ -167,6 +168,14 @@ class FollowUpSerializer(StrictSerializer):
                              help_text="The next turn: the CLI gets it in the parent's resumed session.")
 
 
+# Items of any JSON type reach the service, whose errors name `depends_on[i]` and the rule (a DRF child field would
+# answer in its own nested shape); the schema says what is accepted.
+@extend_schema_field({"type": "array", "items": {"type": "string", "format": "uuid"}, "maxItems": MAX_PARENTS,
+                      "uniqueItems": True})
+class TaskIdListField(serializers.ListField):
+    child = serializers.JSONField()
+
+
 class TaskCreateSerializer(StrictSerializer):
     tool = StrictChoiceField(choices=Tool.choices)
     prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
@@ -190,6 +199,10 @@ class TaskCreateSerializer(StrictSerializer):
         required=False, allow_null=True, default=None,
         help_text="No event and no output for this long kills the attempt as stalled (default "
                   "SCHEDULER_IDLE_TIMEOUT).")
+    depends_on = TaskIdListField(
+        required=False, default=list, max_length=1000,
+        help_text=f"Ids of tasks (at most {MAX_PARENTS}) that must all succeed first; their outputs arrive as inputs "
+                  "under `<id>/<path>`. One that fails or is canceled cancels this task.")
 
     def to_spec(self) -> TaskSpec:
         data = self.validated_data
@@ -203,7 +216,7 @@ class TaskCreateSerializer(StrictSerializer):
             max_attempts=data["max_attempts"], timeout_seconds=data["timeout_seconds"],
             idempotency_key=data["idempotency_key"], worker_group=data["worker_group"],
             metadata=dict(data["metadata"]), max_cost_usd=data["max_cost_usd"], max_turns=data["max_turns"],
-            idle_timeout_seconds=data["idle_timeout_seconds"],
+            idle_timeout_seconds=data["idle_timeout_seconds"], depends_on=list(data["depends_on"]),
         )
 
 
@@ -315,11 +328,33 @@ class TaskDetailSerializer(TaskSerializer):
     follow_ups = serializers.SerializerMethodField(help_text="Tasks that follow this one up, oldest first.")
     conversation = serializers.SerializerMethodField(
         help_text="The turns that led here, first to last (this task included).")
+    depends_on = serializers.SerializerMethodField(help_text="Tasks that must all succeed before this one runs.")
+    dependents = serializers.SerializerMethodField(help_text="Tasks that wait for this one.")
+    waiting_on = serializers.SerializerMethodField(
+        help_text="While queued: the tasks of depends_on that have not succeeded yet (why it is not dispatched).")
 
     class Meta(TaskSerializer.Meta):
         fields = [*TaskSerializer.Meta.fields, "files", "latest_run", "parent", "resume_session_id", "follow_ups",
-                  "conversation"]
+                  "conversation", "depends_on", "dependents", "waiting_on"]
         read_only_fields = fields
+
+    def _chain(self, task: Task) -> selectors.TaskChain:
+        cache = self.__dict__.setdefault("_chains", {})
+        if task.pk not in cache:
+            cache[task.pk] = selectors.task_chain(task=task)
+        return cache[task.pk]
+
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_depends_on(self, task: Task) -> list[str]:
+        return self._chain(task).depends_on
+
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_dependents(self, task: Task) -> list[str]:
+        return self._chain(task).dependents
+
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_waiting_on(self, task: Task) -> list[str]:
+        return self._chain(task).waiting_on
 
     @extend_schema_field(TaskRunSerializer(allow_null=True))
     def get_latest_run(self, task: Task) -> dict[str, Any] | None:

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-turns", type=int, help="stop an attempt after this many agent turns")
     p.add_argument("--idle-timeout", type=int, metavar="SECONDS",
                    help="kill an attempt silent this long (default SCHEDULER_IDLE_TIMEOUT)")
+    p.add_argument("--after", action="append", default=[], metavar="ID",
+                   help="run only once this task succeeded (repeatable); its outputs arrive under ID/")
     p.add_argument("--wait", action="store_true", help="wait until the task finishes")
     p.add_argument("--wait-timeout", type=float, default=None, help="give up waiting after S seconds")
 

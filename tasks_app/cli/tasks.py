@@ -30,6 +30,13 @@ def _find_task(task_id: str, *, tenant: str) -> Task:
     return task
 
 
+def _task_id(value: str, *, tenant: str) -> str:
+    """The full id of a task named by a unique prefix (as tables show them); anything else goes to the service
+    as given, which says what is wrong with it."""
+    task = selectors.task_get(task_id=value, tenant=tenant)
+    return str(task.pk) if task is not None else value
+
+
 def cmd_enqueue(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     inputs = []
@@ -48,6 +55,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts, timeout_seconds=args.timeout, idempotency_key=args.idempotency_key,
         worker_group=args.group, max_cost_usd=args.max_cost, max_turns=args.max_turns,
         idle_timeout_seconds=args.idle_timeout,
+        depends_on=[_task_id(value, tenant=args.tenant) for value in args.after],
     )
     task, created = task_create(spec=spec, tenant=args.tenant, created_by=args.actor, source=EventSource.CLI)
     return _report(args, task, "created" if created else "existing")
@@ -95,6 +103,9 @@ def cmd_get(args: argparse.Namespace) -> int:
                     "created_at", "started_at", "finished_at", "error_message"):
             if d.get(key) not in (None, ""):
                 print(f"{key:>14}: {d[key]}")
+        for key, label in (("depends_on", "depends on"), ("waiting_on", "waiting on"), ("dependents", "dependents")):
+            if d[key]:
+                print(f"{label:>14}: {', '.join(d[key])}")
         if d["result"]:
             print(f"{'final message':>14}: {d['result'].get('final_message')}")
         table(["attempt", "status", "group", "exit", "failure", "tokens in/out", "ms"],

@@ -64,7 +64,7 @@ SLACK_PER_TENANT = 8
 def runnable_filter(now: datetime) -> Q:
     return (Q(scheduled_at__isnull=True) | Q(scheduled_at__lte=now)) & (
         Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
-    )
+    ) & Q(dependencies_pending=0)
 
 
 def _take_dispatch_lock() -> None:
@@ -145,14 +145,17 @@ def candidates(tool: str, wanted: int, now: datetime, *, tenant_load: dict[str, 
     extra_sql, extra_params = _not_placeable_sql(placeable) if placeable is not None else ("", [])
     ranked: list[tuple[int, int, datetime, Candidate]] = []
     # Plain SQL: this runs once per tenant per tool on every pass, and compiling the equivalent ORM query cost
-    # more than executing it. It walks task_dispatch_idx for one (tool, tenant) and stops at the limit.
+    # more than executing it. It walks task_dispatch_idx for one (tool, tenant) and stops at the limit. A dependent
+    # whose parents have not all succeeded (dependencies_pending > 0, chains) is filtered out on that walk, like a
+    # task not yet due: the index stays the one on status = 'queued', the plan keeps its shape.
     sql = f"""
         SELECT t.id, t.priority, t.created_at, t.model, t.worker_group_id, t.worker_group_pinned, t.schedule_id,
                s.overlap_policy
         FROM {Task._meta.db_table} t LEFT JOIN {Schedule._meta.db_table} s ON s.id = t.schedule_id
         WHERE t.status = %s AND t.tool = %s AND t.tenant = %s
           AND (t.scheduled_at IS NULL OR t.scheduled_at <= %s)
-          AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= %s){extra_sql}
+          AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= %s)
+          AND t.dependencies_pending = 0{extra_sql}
         ORDER BY t.priority DESC, t.created_at ASC
         LIMIT %s
     """  # noqa: S608 - table names come from the models, values are parameters

@@ -41,6 +41,7 @@ from tasks_app.models import (
 )
 from tasks_app.models import RunEvent as RunEventRow
 from tasks_app.sanitize import Sanitiser, storable_json, storable_text
+from tasks_app.services.chains import chain_inputs
 from tasks_app.services.enqueue import enqueue_dispatch
 from tasks_app.services.groups import group_quarantine_locked, undecryptable_reason
 from tasks_app.services.tasks import stored_file
@@ -80,6 +81,7 @@ class RunContext:
     resume_session: str = ""  # the CLI session this attempt continues ("" a new one)
     conversation_id: str = ""  # the first task of the chain of follow-ups: names the work dir the CLI sees
     setup_error: str = ""  # why this attempt cannot be set up (it fails without starting the CLI)
+    chained_dirs: tuple[str, ...] = ()  # parents' ids: their outputs arrive under these dirs (chains)
 
 
 # The patch of what a run on a repository changed: an output file of the run, and what a follow-up (or the
@@ -130,6 +132,8 @@ def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: st
             lease_token=token, started_at=now, sandbox=sandbox, resumed_session_id=task.resume_session_id,
         )
     inputs = [(f.path, f.read_bytes()) for f in task.files.filter(direction=TaskFile.Direction.INPUT, run=None)]
+    chained = chain_inputs(task_id=task.pk)
+    inputs += chained.files
     continuation = _continuation(task)
     prompt = continuation.pop("prompt", task.prompt)
     return RunContext(
@@ -141,7 +145,7 @@ def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: st
         idle_timeout_seconds=(task.idle_timeout_seconds if task.idle_timeout_seconds is not None
                               else settings.SCHEDULER_IDLE_TIMEOUT),
         max_cost_usd=float(task.max_cost_usd) if task.max_cost_usd is not None else None,
-        max_turns=task.max_turns,
+        max_turns=task.max_turns, chained_dirs=chained.dirs,
         **continuation,
     )
 

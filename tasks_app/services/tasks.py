@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from tasks_app import validation
 from tasks_app.models import TERMINAL_STATUSES, Task, TaskFile, TaskStatus, Tool, WorkerGroup
+from tasks_app.services import chains
 from tasks_app.services.enqueue import enqueue_dispatch
 from tasks_app.transitions import TaskStateError, task_event_add, task_lock, task_transition
 
@@ -64,6 +65,8 @@ class TaskSpec:
     max_cost_usd: float | None = None
     max_turns: int | None = None
     idle_timeout_seconds: int | None = None
+    # Chains (SPEC §8): ids of tasks that must all succeed first; their outputs arrive under `<id>/`.
+    depends_on: list[str] = field(default_factory=list)
 
     def fingerprint(self) -> str:
         body = {
@@ -81,6 +84,8 @@ class TaskSpec:
             **{name: value for name, value in (("max_cost_usd", self.max_cost_usd), ("max_turns", self.max_turns),
                                                ("idle_timeout_seconds", self.idle_timeout_seconds))
                if value is not None},
+            # Only when set: the fingerprints of tasks stored before chains existed stay what they were.
+            **({"depends_on": sorted(self.depends_on)} if self.depends_on else {}),
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -202,6 +207,12 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
             f"inputs total {total} bytes; the limit is {settings.SCHEDULER_MAX_TOTAL_BYTES}"
         )
 
+    depends_on: list[str] = check(lambda: chains.depends_on_clean(spec.depends_on)) or []
+    for i, item in enumerate(inputs):
+        if item.path.split("/")[0] in depends_on:
+            errors.setdefault(f"input_files[{i}].path", []).append(
+                f"{item.path!r} is where the outputs of task {item.path.split('/')[0]} arrive; choose another path")
+
     group = None
     if spec.worker_group is not None:
         group = WorkerGroup.objects.filter(name=spec.worker_group).first()
@@ -229,6 +240,7 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
         max_cost_usd=float(spec.max_cost_usd) if spec.max_cost_usd is not None else None,
         max_turns=spec.max_turns,
         idle_timeout_seconds=spec.idle_timeout_seconds,
+        depends_on=depends_on,
     )
     return cleaned, group
 
@@ -248,9 +260,13 @@ def task_create(
     spec, group = task_spec_clean(spec)
     fingerprint = spec.fingerprint()
     if spec.idempotency_key:
+        _refuse_own_match(tenant, spec.idempotency_key, spec.depends_on)
         existing = _idempotent_match(tenant, spec.idempotency_key, fingerprint)
         if existing is not None:
             return existing, False
+    if spec.depends_on:
+        # Checked before any file is stored; again under the parents' locks in the transaction below.
+        chains.parents_pending(parent_ids=spec.depends_on, tenant=tenant)
     # Large inputs go to storage before the transaction: no file I/O while holding the write lock.
     file_rows = [
         stored_file(task=None, run=None, direction=TaskFile.Direction.INPUT, path=f.path, data=f.content)
@@ -258,6 +274,8 @@ def task_create(
     ]
     try:
         with transaction.atomic():
+            pending = chains.parents_pending(parent_ids=spec.depends_on, tenant=tenant, lock=True) if (
+                spec.depends_on) else 0
             task = Task.objects.create(
                 tenant=tenant,
                 created_by=created_by,
@@ -278,13 +296,23 @@ def task_create(
                 request_fingerprint=fingerprint,
                 metadata=spec.metadata,
                 schedule=schedule,
+                dependencies_pending=pending,
             )
+            if spec.depends_on:
+                task.depends_on.add(*spec.depends_on)
             for row in file_rows:
                 row.task = task
             TaskFile.objects.bulk_create(file_rows)
             task_event_add(task=task, from_status="", to=TaskStatus.QUEUED, source=source, actor=created_by,
                            reason=reason or "created", data=event_data)
-            enqueue_dispatch(at=spec.scheduled_at)
+            if not pending:  # a dependent is dispatched when its last parent succeeds
+                enqueue_dispatch(at=spec.scheduled_at)
+    except ValidationError:
+        # A parent failed between the first check and its lock: nothing is written, stored files included.
+        for row in file_rows:
+            if row.file:
+                row.file.delete(save=False)
+        raise
     except IntegrityError:
         # Two identical requests raced past the first lookup; the unique constraint let one win.
         if spec.idempotency_key:
@@ -293,6 +321,19 @@ def task_create(
                 return existing, False
         raise
     return task, True
+
+
+def _refuse_own_match(tenant: str, key: str, depends_on: list[str]) -> None:
+    """A task cannot depend on itself. Ids are made by the server, so a new task can only name older tasks and no
+    cycle can form; the one id a request can name that is "itself" is the task its own idempotency key already
+    created. Said plainly here, rather than as the 409 its different body would get."""
+    if not depends_on:
+        return
+    existing = Task.objects.filter(tenant=tenant, idempotency_key=key).values_list("pk", flat=True).first()
+    if existing is not None and str(existing) in depends_on:
+        raise validation.fail(f"depends_on[{depends_on.index(str(existing))}]",
+                              f"task {existing} is this request's own task (idempotency_key {key!r}); a task "
+                              "cannot depend on itself")
 
 
 def _idempotent_match(tenant: str, key: str, fingerprint: str) -> Task | None:
@@ -346,11 +387,15 @@ def task_cancel(*, task_id: Any, source: str, actor: str = "", reason: str = "")
 
 
 def task_retry(*, task_id: Any, source: str, actor: str = "", reason: str = "") -> Task:
-    """Re-queue a failed or canceled task with a fresh attempt budget."""
+    """Re-queue a failed or canceled task with a fresh attempt budget. A dependent (chains) waits again for those of
+    its parents that have not succeeded; it is refused while one of them is failed or canceled. Its own dependents,
+    canceled with it, stay canceled: retry them too."""
     with transaction.atomic():
+        chains.parents_lock(task_id=task_id)  # parents before the task: the chains' lock order
         task = _locked(task_id)
         if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELED):
             raise TaskStateError(f"task {task.pk} is {task.status}; only failed or canceled tasks can be retried")
+        pending = chains.retry_pending(task=task)
         task = task_transition(
             locked=task, to=TaskStatus.QUEUED, source=source, actor=actor,
             reason=reason or f"retried by {actor or source}",
@@ -364,9 +409,11 @@ def task_retry(*, task_id: Any, source: str, actor: str = "", reason: str = "") 
                 "cancel_actor": "",
                 "cancel_reason": "",
                 "worker_group": task.worker_group if task.worker_group_pinned else None,
+                "dependencies_pending": pending,
             },
         )
-        enqueue_dispatch()
+        if not pending:
+            enqueue_dispatch()
     return task
 
 

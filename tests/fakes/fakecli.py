@@ -378,6 +378,9 @@ class Run:
         dump = self.directive.get("dump_env")
         if dump:
             self._write_file(str(dump), json.dumps(dict(os.environ), indent=2, sort_keys=True).encode())
+        listing = self.directive.get("list_files")
+        if listing:
+            self._write_file(str(listing), json.dumps(list_files(os.getcwd()), indent=1, sort_keys=True).encode())
         if self.directive.get("sleep"):
             time.sleep(float(self.directive["sleep"]))
         if self.scenario == "hang":
@@ -418,6 +421,20 @@ class Run:
     @property
     def ok(self) -> bool:
         return self.scenario in ("ok", "garbage")
+
+
+def list_files(top: str) -> dict:
+    """Every regular file under `top` (symlinks not followed) as {relative path: its text (UTF-8, errors
+    replaced)}: what the CLI found in its work dir."""
+    found = {}
+    for folder, dirs, files in os.walk(top):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as handle:
+                    found[os.path.relpath(path, top)] = handle.read().decode("utf-8", "replace")
+    return found
 
 
 def detach_forever() -> int:
