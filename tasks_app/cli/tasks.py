@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 
 from tasks_app import logstream, selectors
 from tasks_app.cli.output import emit, short_id, table
 from tasks_app.cli.parser import EXIT_NOT_FOUND, EXIT_WAIT_FAILED, CommandError, parse_time
+from tasks_app.cli.repositories import with_options
 from tasks_app.models import TERMINAL_STATUSES, EventSource, Task, TaskStatus
-from tasks_app.presenters import file_dict, run_dict, task_dict
+from tasks_app.presenters import diff_stat_text, file_dict, run_dict, task_dict
 from tasks_app.services.tasks import InputFile, TaskSpec, task_cancel, task_create, task_retry
 from tasks_app.validation import relative_path
 
@@ -46,9 +48,12 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         priority=args.priority, scheduled_at=parse_time(args.at) if args.at else None,
         max_attempts=args.max_attempts, timeout_seconds=args.timeout, idempotency_key=args.idempotency_key,
         worker_group=args.group, max_cost_usd=args.max_cost, max_turns=args.max_turns,
-        idle_timeout_seconds=args.idle_timeout,
+        idle_timeout_seconds=args.idle_timeout, repository=args.repo, ref=args.ref,
     )
-    task, created = task_create(spec=spec, tenant=args.tenant, created_by=args.actor, source=EventSource.CLI)
+    try:
+        task, created = task_create(spec=spec, tenant=args.tenant, created_by=args.actor, source=EventSource.CLI)
+    except ValidationError as exc:
+        raise with_options(exc, {"repository": "--repo", "ref": "--ref"}) from None
     if args.wait:
         deadline = time.monotonic() + args.wait_timeout if args.wait_timeout else None
         status = task.status
@@ -82,18 +87,27 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    data = task_dict(_find_task(args.id, tenant=args.tenant), detail=True)
+    task = _find_task(args.id, tenant=args.tenant)
+    data = task_dict(task, detail=True)
 
     def render(d: dict[str, Any]) -> None:
         for key in ("id", "tool", "model", "status", "priority", "worker_group", "attempt", "max_attempts",
                     "created_at", "started_at", "finished_at", "error_message"):
             if d.get(key) not in (None, ""):
                 print(f"{key:>14}: {d[key]}")
+        if task.repository is not None:
+            ref = task.ref or f"{task.repository.default_ref} (its default)"
+            print(f"{'repository':>14}: {task.repository.name}@{ref}")
         if d["result"]:
             print(f"{'final message':>14}: {d['result'].get('final_message')}")
-        table(["attempt", "status", "group", "exit", "failure", "tokens in/out", "ms"],
-              [[r["attempt"], r["status"], r["worker_group"], r["exit_code"], r["failure_kind"],
-                f"{r['input_tokens']}/{r['output_tokens']}", r["latency_ms"]] for r in d["runs"]], title="runs")
+        columns = ["attempt", "status", "group", "exit", "failure", "tokens in/out", "ms"]
+        rows = [[r["attempt"], r["status"], r["worker_group"], r["exit_code"], r["failure_kind"],
+                 f"{r['input_tokens']}/{r['output_tokens']}", r["latency_ms"]] for r in d["runs"]]
+        if task.repository is not None:  # what each attempt started from, changed and pushed
+            columns += ["base", "change", "pushed"]
+            for row, r in zip(rows, d["runs"], strict=True):
+                row += [r["base_sha"][:12], diff_stat_text(r["diff_stat"]), r["pushed_branch"]]
+        table(columns, rows, title="runs")
         table(["from", "to", "source", "actor", "reason", "at"],
               [[e["from_status"], e["to_status"], e["source"], e["actor"], e["reason"], e["created_at"][:23]]
                for e in d["events"]], title="events")

@@ -19,13 +19,21 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from tasks_app import validation
-from tasks_app.models import TERMINAL_STATUSES, Task, TaskFile, TaskStatus, Tool, WorkerGroup
+from tasks_app.models import TERMINAL_STATUSES, Repository, Task, TaskFile, TaskStatus, Tool, WorkerGroup
 from tasks_app.services.enqueue import enqueue_dispatch
 from tasks_app.transitions import TaskStateError, task_event_add, task_lock, task_transition
 
 # Files that the CLIs read as their own configuration from the work dir: a job's inputs must not set hooks,
 # MCP servers, env or keys for the CLI that runs with the account's credentials.
 CLI_CONFIG_NAMES = frozenset({".claude", ".codex", ".gemini", ".mcp.json", "CLAUDE.local.md"})
+# git's own directory in a checkout: hooks and config there run when the scheduler fetches and pushes with the
+# repository's credentials, outside the sandbox. No task writes or collects anything under it.
+GIT_DIR = ".git"
+
+
+def _under_git_dir(path: str) -> bool:
+    # Compared without case: on a case-insensitive file system (a developer's macOS box) .GIT is .git.
+    return any(segment.lower() == GIT_DIR for segment in path.split("/"))
 
 
 class IdempotencyConflict(Exception):
@@ -64,6 +72,9 @@ class TaskSpec:
     max_cost_usd: float | None = None
     max_turns: int | None = None
     idle_timeout_seconds: int | None = None
+    # A run on a repository (SPEC §8): its name in the task's tenant, and a branch, tag or commit ("" its default_ref).
+    repository: str | None = None
+    ref: str = ""
 
     def fingerprint(self) -> str:
         body = {
@@ -81,6 +92,8 @@ class TaskSpec:
             **{name: value for name, value in (("max_cost_usd", self.max_cost_usd), ("max_turns", self.max_turns),
                                                ("idle_timeout_seconds", self.idle_timeout_seconds))
                if value is not None},
+            # Only when set: the fingerprints of tasks without a repository stay what they were.
+            **({"repository": self.repository, "ref": self.ref} if self.repository is not None else {}),
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -108,8 +121,9 @@ def input_file_from_payload(item: object, *, index: int) -> InputFile:
     return InputFile(path=path, content=content)  # type: ignore[arg-type]
 
 
-def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
-    """Check every rule; return the normalised spec and the pinned group. Writes nothing."""
+def task_spec_clean(spec: TaskSpec, *, tenant: str = "default") -> tuple[TaskSpec, WorkerGroup | None]:
+    """Check every rule (the repository is looked up in `tenant`); return the normalised spec and the pinned group.
+    Writes nothing."""
     errors: dict[str, list[str]] = {}
 
     def check(fn: Callable[[], Any]) -> Any:
@@ -174,6 +188,9 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
         for i, pattern in enumerate(spec.output_files):
             outputs.append(check(lambda p=pattern, i=i: validation.relative_path(
                 p, field=f"output_files[{i}]", allow_glob=True)))
+            if outputs[-1] is not None and _under_git_dir(outputs[-1]):
+                errors.setdefault(f"output_files[{i}]", []).append(
+                    f"{outputs[-1]!r} is under .git/: outputs are the work dir's files, never git's own")
 
     inputs: list[InputFile] = []
     total = 0
@@ -187,6 +204,10 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
                 f"{path!r} would configure the CLI itself (hooks, settings, keys); inputs may not be under "
                 f"{', '.join(sorted(CLI_CONFIG_NAMES))} or be .env files"
             )
+        if _under_git_dir(path):
+            errors.setdefault(f"input_files[{i}].path", []).append(
+                f"{path!r} would write under .git/ (git's hooks and config, which would run when the scheduler "
+                "fetches or pushes); no input may have a .git segment")
         if path in seen:
             errors.setdefault(f"input_files[{i}].path", []).append(f"{path!r} is given twice")
         seen.add(path)
@@ -211,6 +232,7 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
             errors["worker_group"] = [
                 f"group {group.name!r} runs {group.tool}, not {spec.tool}; pin a group of the task's tool"
             ]
+    errors.update(_repository_errors(spec, tenant=tenant))
     if errors:
         raise ValidationError(errors)
     cleaned = TaskSpec(
@@ -229,12 +251,39 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
         max_cost_usd=float(spec.max_cost_usd) if spec.max_cost_usd is not None else None,
         max_turns=spec.max_turns,
         idle_timeout_seconds=spec.idle_timeout_seconds,
+        repository=spec.repository,
+        ref=spec.ref,
     )
     return cleaned, group
 
 
 def _plain_token(value: str) -> bool:
     return not value or (not any(c.isspace() for c in value) and not value.startswith("-"))
+
+
+def _repository(*, tenant: str, name: str) -> Repository | None:
+    try:
+        validation.repository_name(name, field="repository")  # nothing PostgreSQL would refuse (NUL) reaches it
+    except ValidationError:
+        return None
+    return Repository.objects.filter(tenant=tenant, name=name).first()
+
+
+def _repository_errors(spec: TaskSpec, *, tenant: str) -> dict[str, list[str]]:
+    errors: dict[str, list[str]] = {}
+    if spec.repository is not None and (not isinstance(spec.repository, str)
+                                        or _repository(tenant=tenant, name=spec.repository) is None):
+        errors["repository"] = [f"no repository named {spec.repository!r} in tenant {tenant!r}"]
+    if not isinstance(spec.ref, str):
+        errors["ref"] = ["must be a string: a branch, tag or commit (empty: the repository's default_ref)"]
+    elif spec.ref and spec.repository is None:
+        errors["ref"] = ["names a commit of the task's repository: give repository as well, or no ref"]
+    elif spec.ref:
+        try:
+            validation.git_ref(spec.ref, field="ref")
+        except ValidationError as exc:
+            errors.update(exc.message_dict)
+    return errors
 
 
 def task_create(
@@ -245,7 +294,7 @@ def task_create(
 
     Returns ``(task, created)``; an idempotent repeat returns the existing task and ``False``.
     """
-    spec, group = task_spec_clean(spec)
+    spec, group = task_spec_clean(spec, tenant=tenant)
     fingerprint = spec.fingerprint()
     if spec.idempotency_key:
         existing = _idempotent_match(tenant, spec.idempotency_key, fingerprint)
@@ -258,6 +307,12 @@ def task_create(
     ]
     try:
         with transaction.atomic():
+            repository = None
+            if spec.repository is not None:
+                repository = _repository(tenant=tenant, name=spec.repository)
+                if repository is None:  # deleted since task_spec_clean looked
+                    raise ValidationError({"repository": [f"no repository named {spec.repository!r} in tenant "
+                                                          f"{tenant!r}"]})
             task = Task.objects.create(
                 tenant=tenant,
                 created_by=created_by,
@@ -278,6 +333,8 @@ def task_create(
                 request_fingerprint=fingerprint,
                 metadata=spec.metadata,
                 schedule=schedule,
+                repository=repository,
+                ref=spec.ref,
             )
             for row in file_rows:
                 row.task = task
