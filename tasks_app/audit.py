@@ -57,6 +57,12 @@ def audit(action: str, object_type: str, object_id: object, changed: Iterable[st
                                      changed=sorted(set(changed)), created_at=at or timezone.now())
 
 
+def credential_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Which credential keys were added, replaced or removed: `credentials.KEY` names, never values."""
+    keys = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    return [f"credentials.{key}" for key in keys]
+
+
 class AuditMiddleware:
     """Every request to the API or the admin acts as its user, from `api` or `admin`."""
 

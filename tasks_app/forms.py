@@ -1,6 +1,6 @@
-"""Admin forms. A WorkerGroup is saved only through `group_create` / `group_update`, and a Schedule only through
-`schedule_create` / `schedule_update`, so the admin applies exactly the rules the API and schedulerctl apply;
-credentials are write-only key/value edits."""
+"""Admin forms. A WorkerGroup is saved only through `group_create` / `group_update`, a Repository only through
+`repository_create` / `repository_update`, and a Schedule only through `schedule_create` / `schedule_update`, so the
+admin applies exactly the rules the API and schedulerctl apply; credentials are write-only."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from django.utils import timezone
 
 from tasks_app import timing
 from tasks_app.crypto import CredentialsUnreadable
-from tasks_app.models import ConcurrencyLimit, Schedule, Tool, WorkerGroup
+from tasks_app.models import ConcurrencyLimit, Repository, Schedule, Tool, WorkerGroup
 from tasks_app.services.groups import CREDENTIAL_FIELDS, MANAGE_CREDENTIALS, group_create, group_update
+from tasks_app.services.repositories import repository_create, repository_update
 from tasks_app.services.schedules import ScheduleSpec, schedule_create, schedule_update
 
 # Service error keys that have no form field of their own land on the field that carries them.
@@ -163,6 +164,100 @@ class WorkerGroupForm(forms.ModelForm):
         if self.saved_group is None:
             raise ValueError("the form is not valid, so nothing was saved")
         return self.saved_group
+
+    def save_m2m(self) -> None:
+        """Nothing to do: the service saved everything; the admin calls this after `save()`."""
+
+
+class RepositoryForm(forms.ModelForm):
+    """Like WorkerGroupForm, validation *is* the save (`_post_clean` calls the service). The secret boxes are
+    write-only and shown only to users with tasks_app.manage_credentials; filling one replaces the stored
+    credentials as a whole."""
+
+    token = forms.CharField(
+        label="HTTPS token", required=False, strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="For an https:// URL (e.g. a fine-grained personal access token). Write-only.")
+    username = forms.CharField(label="Token user name", required=False, max_length=200,
+                               help_text="Only if the host wants one with the token (e.g. x-access-token).")
+    ssh_key = forms.CharField(
+        label="SSH private key", required=False, strip=False,
+        widget=SecretTextarea(attrs={"rows": 6, "cols": 70, "autocomplete": "off", "spellcheck": "false"}),
+        help_text="For ssh:// or user@host:path: a deploy key's private block (-----BEGIN OPENSSH PRIVATE KEY-----"
+                  " …). Write-only.")
+    clear_credentials = forms.BooleanField(label="Remove the stored credentials", required=False)
+
+    class Meta:
+        model = Repository
+        fields = ["tenant", "name", "url", "default_ref", "push_prefix"]
+
+    user: Any = None  # the acting staff user: the admin sets it (RepositoryAdmin.get_form)
+    SECRET_FIELDS = ("token", "username", "ssh_key", "clear_credentials")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.saved_repository: Repository | None = None
+        if self.user is not None and not self.user.has_perm(MANAGE_CREDENTIALS):
+            for name in self.SECRET_FIELDS:
+                self.fields.pop(name, None)
+            if self.instance.credentials_encrypted:  # where the secret goes, and whether it pushes
+                for name in ("url", "push_prefix"):
+                    if name in self.fields:
+                        self.fields[name].disabled = True
+                        self.fields[name].help_text = f"Changing it needs the permission {MANAGE_CREDENTIALS}."
+        if self.instance.pk is None:
+            self.fields.pop("clear_credentials", None)
+
+    def _credentials(self) -> dict[str, str] | None:
+        """The new set when a secret box was filled, {} to remove them, None to leave them as they are."""
+        data = self.cleaned_data
+        if data.get("ssh_key", "").strip() or data.get("token"):
+            given = {key: data[key] for key in ("token", "username", "ssh_key") if data.get(key, "").strip()}
+            return given
+        if data.get("username"):
+            return {"username": data["username"]}  # the service says it needs a token
+        return {} if data.get("clear_credentials") else None
+
+    def _post_clean(self) -> None:
+        # Replaces ModelForm's instance construction and model validation: the service owns both.
+        if self._errors:
+            return
+        try:
+            self.saved_repository = self._save_through_service()
+        except ValidationError as exc:
+            if not hasattr(exc, "error_dict"):
+                self.add_error(None, exc.messages)
+                return
+            for name, messages in exc.message_dict.items():
+                if name == "credentials":  # on the box that was filled (never echoing it)
+                    name = "ssh_key" if self.cleaned_data.get("ssh_key", "").strip() else "token"
+                self.add_error(name if name in self.fields else None, messages)
+        except (CredentialsUnreadable, PermissionDenied) as exc:
+            self.add_error(None, str(exc))
+        else:
+            self.instance = self.saved_repository
+
+    def _save_through_service(self) -> Repository:
+        data = self.cleaned_data
+        credentials = self._credentials()
+        if self.instance.pk is None:
+            return repository_create(
+                tenant=data["tenant"], name=data["name"], url=data["url"], credentials=credentials,
+                default_ref=data["default_ref"], push_prefix=data.get("push_prefix") or "",
+                created_by=self.user.get_username() if self.user is not None else "", by=self.user)
+        # Only what the operator changed, so an edit elsewhere meanwhile is not overwritten.
+        changes: dict[str, Any] = {name: data[name] for name in ("url", "default_ref", "push_prefix")
+                                   if name in self.changed_data and not self.fields[name].disabled}
+        if credentials is not None:
+            changes["credentials"] = credentials
+        if not changes:
+            return self.instance
+        return repository_update(tenant=self.instance.tenant, name=self.instance.name, changes=changes, by=self.user)
+
+    def save(self, commit: bool = True) -> Repository:
+        if self.saved_repository is None:
+            raise ValueError("the form is not valid, so nothing was saved")
+        return self.saved_repository
 
     def save_m2m(self) -> None:
         """Nothing to do: the service saved everything; the admin calls this after `save()`."""

@@ -7,7 +7,8 @@ from decimal import Decimal
 from typing import Any
 
 from tasks_app import selectors, timing
-from tasks_app.models import ApiToken, Schedule, Task, TaskEvent, TaskFile, TaskRun, Worker, WorkerGroup
+from tasks_app.crypto import CredentialsUnreadable
+from tasks_app.models import ApiToken, Repository, Schedule, Task, TaskEvent, TaskFile, TaskRun, Worker, WorkerGroup
 from tasks_app.selectors import DailyUsage
 
 
@@ -25,6 +26,8 @@ def task_dict(task: Task, *, detail: bool = False) -> dict[str, Any]:
         "status": task.status,
         "priority": task.priority,
         "worker_group": task.worker_group.name if task.worker_group_id else None,
+        "repository": task.repository.name if task.repository_id else None,
+        "ref": task.ref,
         "attempt": task.attempt,
         "max_attempts": task.max_attempts,
         "scheduled_at": _iso(task.scheduled_at),
@@ -82,6 +85,11 @@ def run_dict(run: TaskRun, *, with_output: bool = False) -> dict[str, Any]:
         "latency_ms": run.latency_ms,
         "command": run.command,
         "sandbox": run.sandbox,
+        "resumed_session_id": run.resumed_session_id,
+        "base_sha": run.base_sha,
+        "diff_stat": run.diff_stat,
+        "pushed_branch": run.pushed_branch,
+        "pushed_sha": run.pushed_sha,
         "stdout_truncated": run.stdout_truncated,
         "stderr_truncated": run.stderr_truncated,
     }
@@ -214,6 +222,41 @@ def schedule_dict(schedule: Schedule) -> dict[str, Any]:
         "created_at": _iso(schedule.created_at),
         "updated_at": _iso(schedule.updated_at),
     }
+
+
+def credential_names(holder: Repository) -> list[str] | None:
+    """Key names only; None when the stored credentials cannot be decrypted with the configured key."""
+    try:
+        return holder.credential_names
+    except CredentialsUnreadable:
+        return None
+
+
+def repository_dict(repository: Repository) -> dict[str, Any]:
+    """The fields of the API's repository (RepositorySerializer): credentials as key names, never values."""
+    return {
+        "name": repository.name,
+        "tenant": repository.tenant,
+        "url": repository.url,
+        "default_ref": repository.default_ref,
+        "push_prefix": repository.push_prefix,
+        "has_credentials": bool(repository.credentials_encrypted),
+        "credential_names": credential_names(repository),
+        "created_by": repository.created_by,
+        "created_at": _iso(repository.created_at),
+        "updated_at": _iso(repository.updated_at),
+    }
+
+
+def diff_stat_text(diff_stat: dict[str, int] | None) -> str:
+    """A run's change in a few words: "3 files, +10 -2", "no change", or "" before (or without) a checkout."""
+    if diff_stat is None:
+        return ""
+    files = diff_stat.get("files", 0)
+    if not files:
+        return "no change"
+    return (f"{files} file{'s' if files != 1 else ''}, +{diff_stat.get('insertions', 0)} "
+            f"-{diff_stat.get('deletions', 0)}")
 
 
 def token_dict(token: ApiToken) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from tasks_app.models import (
     ApiToken,
     AuditEvent,
     Heartbeat,
+    Repository,
     RunEvent,
     Schedule,
     ScheduleFiring,
@@ -39,7 +40,7 @@ from tasks_app.models import (
 
 def task_list(*, tenant: str | None = None, status: str | None = None, tool: str | None = None,
               worker_group: str | None = None) -> QuerySet[Task]:
-    qs = Task.objects.select_related("worker_group").order_by("-created_at")
+    qs = Task.objects.select_related("worker_group", "repository").order_by("-created_at")
     if tenant is not None:
         qs = qs.filter(tenant=tenant)
     if status:
@@ -53,7 +54,7 @@ def task_list(*, tenant: str | None = None, status: str | None = None, tool: str
 
 def task_get(*, task_id: Any, tenant: str | None = None) -> Task | None:
     """By full UUID, or by a unique prefix of at least 6 hex digits (what people copy from tables)."""
-    qs = Task.objects.select_related("worker_group")
+    qs = Task.objects.select_related("worker_group", "repository")
     if tenant is not None:
         qs = qs.filter(tenant=tenant)
     text = str(task_id).strip().lower().replace("-", "")
@@ -356,6 +357,16 @@ def schedule_tasks(*, schedule: Schedule) -> QuerySet[Task]:
 
 def schedule_firings(*, schedule: Schedule) -> QuerySet[ScheduleFiring]:
     return ScheduleFiring.objects.filter(schedule=schedule).select_related("task").order_by("-fire_time")
+
+
+def repository_list(*, tenant: str | None = None) -> QuerySet[Repository]:
+    """A tenant's repositories (None: every tenant's), by tenant then name."""
+    qs = Repository.objects.order_by("tenant", "name")
+    return qs.filter(tenant=tenant) if tenant is not None else qs
+
+
+def repository_get(*, tenant: str, name: str) -> Repository | None:
+    return Repository.objects.filter(tenant=tenant, name=name).first()
 
 
 def token_list(*, username: str | None = None) -> QuerySet[ApiToken]:

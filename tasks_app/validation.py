@@ -82,3 +82,140 @@ def json_object(value: object, *, field: str, max_bytes: int = 64 * 1024) -> dic
 
 def is_glob(pattern: str) -> bool:
     return bool(_GLOB_CHARS & set(pattern))
+
+
+MAX_REF_CHARS = 255
+# check-ref-format's forbidden characters (plus whitespace, which it refuses as well): `~^:` would be read as revision
+# syntax, `?*[` as a pattern, `\` is never a path separator in a ref.
+_REF_FORBIDDEN = set(" ~^:?*[\\")
+
+
+def git_ref(value: object, *, field: str) -> str:
+    """A branch, tag or commit as `git check-ref-format --allow-onelevel` accepts it (a hex sha passes too), and never
+    something git would read as an option or a revision expression."""
+    if not isinstance(value, str) or not value:
+        raise fail(field, "must be a non-empty branch, tag or commit name")
+    if len(value) > MAX_REF_CHARS:
+        raise fail(field, f"must be at most {MAX_REF_CHARS} characters")
+    shown = repr(value) if len(value) <= 80 else f"{value[:80]!r}…"
+    if _CONTROL.search(value) or any(c.isspace() for c in value):
+        raise fail(field, f"{shown} contains a space or a control character; a git ref cannot")
+    if value.startswith("-"):
+        raise fail(field, f"{shown} starts with '-': git would read it as an option")
+    bad = sorted(_REF_FORBIDDEN & set(value))
+    if bad:
+        raise fail(field, f"{shown} contains {' '.join(repr(c) for c in bad)}; a git ref cannot contain any of "
+                          "~ ^ : ? * [ \\ or a space")
+    if ".." in value or "@{" in value or value == "@":
+        raise fail(field, f"{shown} contains '..' or '@{{}}' (or is '@'): git would read it as a revision range or "
+                          "reflog expression, not a ref")
+    if value.startswith("/") or value.endswith("/") or "//" in value:
+        raise fail(field, f"{shown} must not start or end with '/' or contain '//'")
+    if value.endswith("."):
+        raise fail(field, f"{shown} must not end with '.'")
+    for segment in value.split("/"):
+        if segment.startswith(".") or segment.endswith(".lock"):
+            raise fail(field, f"{shown} has a segment {segment!r} that starts with '.' or ends with '.lock'")
+    return value
+
+
+MAX_PUSH_PREFIX_CHARS = 100
+_TASK_ID_EXAMPLE = "00000000-0000-0000-0000-000000000000"
+
+
+def push_prefix(value: object, *, field: str = "push_prefix") -> str:
+    """Empty (never push), or what a task's branch name starts with: `<prefix><task id>` must be a valid ref."""
+    if not isinstance(value, str):
+        raise fail(field, "must be a string (empty: never push)")
+    if not value:
+        return value
+    if len(value) > MAX_PUSH_PREFIX_CHARS:
+        raise fail(field, f"must be at most {MAX_PUSH_PREFIX_CHARS} characters")
+    try:
+        git_ref(value + _TASK_ID_EXAMPLE, field=field)
+    except ValidationError:
+        raise fail(field, f"{value!r} followed by a task id is not a valid branch name; use letters, digits and "
+                          "-_./ such as 'scheduler/' (no '..', spaces or ~^:?*[\\, no segment starting with '.')"
+                   ) from None
+    return value
+
+
+MAX_URL_CHARS = 1000
+URL_SCHEMES = ("https", "http", "ssh", "git", "file")
+# `<transport>::<address>` makes git run a remote helper (`ext::` runs any command, `fd::` reads a descriptor): the
+# first segment as git itself reads it (transport.c: URL scheme characters, then "::").
+_REMOTE_HELPER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# scp-like `[user@]host:path` (git reads it so when a ':' comes before any '/'); host or [IPv6], never starting
+# with '-' (ssh would read `-oProxyCommand=…` as an option).
+_SCP_LIKE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._~+-]+)@)?(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]):"
+                       r"(?P<path>[^/].*|/.+)$")
+_SCP_PASSWORD = re.compile(r"^[^/@]*:[^/@]*@")
+_HOST = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])$")
+
+
+def git_url(value: object, *, field: str = "url") -> str:
+    """Where a repository is fetched from: https://, http://, ssh://, git://, file://, scp-like user@host:path or an
+    absolute local path. Never a remote-helper form (`ext::…` runs a command), an option (`-…`), whitespace, or a
+    password or token in the URL itself (it would show in logs and process lists: it goes in the credentials)."""
+    if not isinstance(value, str) or not value:
+        raise fail(field, "must be a non-empty git URL")
+    if len(value) > MAX_URL_CHARS:
+        raise fail(field, f"must be at most {MAX_URL_CHARS} characters")
+    if _CONTROL.search(value) or any(c.isspace() for c in value):
+        raise fail(field, "must not contain spaces or control characters")
+    if value.startswith("-"):
+        raise fail(field, "must not start with '-': git would read it as an option")
+    helper = _REMOTE_HELPER.match(value)
+    if helper:
+        raise fail(field, f"the remote-helper form {helper.group(0)!r} is refused (it can run commands); use one of "
+                          "https://, http://, ssh://, git://, file://, user@host:path or an absolute path")
+    scheme = _SCHEME.match(value)
+    if scheme is None:
+        if value.startswith("/"):
+            return value
+        if _SCP_PASSWORD.match(value):
+            raise fail(field, "must not carry a password (user:secret@host:path): put the secret in the credentials")
+        scp = _SCP_LIKE.match(value)
+        if scp is None:
+            raise fail(field, "must be https://, http://, ssh://, git://, file://, scp-like user@host:path or an "
+                              "absolute local path (a relative path depends on the worker's directory)")
+        return value
+    name = scheme.group(1).lower()
+    if name not in URL_SCHEMES:
+        raise fail(field, f"the scheme {name}:// is not one of {', '.join(s + '://' for s in URL_SCHEMES)}")
+    rest = value[scheme.end():]
+    authority, _, _ = rest.partition("/")
+    if name == "file":
+        if not rest.startswith("/"):
+            raise fail(field, "a file:// URL must name an absolute path: file:///srv/git/project.git")
+        return value
+    userinfo, at, host_port = authority.rpartition("@")
+    if at and name in ("https", "http"):
+        raise fail(field, "must not carry a user name, password or token (https://user:secret@host): put the token "
+                          "(and username) in the credentials, which are stored encrypted and never shown")
+    if at and (":" in userinfo or userinfo.startswith("-") or not userinfo):
+        raise fail(field, "must not carry a password (user:secret@host): put the secret in the credentials")
+    host = re.sub(r":[0-9]{1,5}$", "", host_port)
+    if not host or not _HOST.match(host):
+        raise fail(field, f"{host_port!r} is not a host name (or host:port); a host cannot start with '-'")
+    return value
+
+
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def tenant_name(value: object, *, field: str = "tenant") -> str:
+    if not isinstance(value, str) or not _TENANT.match(value):
+        raise fail(field, "must be 1-100 letters, digits or ._- starting with a letter or digit")
+    return value
+
+
+_REPOSITORY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+
+
+def repository_name(value: object, *, field: str = "name") -> str:
+    """A slug that cannot be read as an option on a command line (`schedulerctl repos rm NAME`)."""
+    if not isinstance(value, str) or not _REPOSITORY_NAME.match(value):
+        raise fail(field, "must be a slug of 1-100 letters, digits, '-' or '_' starting with a letter or digit")
+    return value

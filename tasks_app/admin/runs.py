@@ -22,12 +22,13 @@ class TaskRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     ordering = ("-started_at",)
     date_hierarchy = "started_at"
     fields = (("task_link", *RUN_FIELDS[0]), *RUN_FIELDS[1:])
-    readonly_fields = ("task_link", "command_line", "stdout_block", "stderr_block")
+    readonly_fields = ("task_link", "change_summary", "command_line", "stdout_block", "stderr_block")
 
     @admin.display(description="task", ordering="task__created_at")
     def task_link(self, run: TaskRun) -> SafeString:
         return _task_link(run.task_id)
 
+    change_summary = TaskRunInline.change_summary
     command_line = TaskRunInline.command_line
     stdout_block = TaskRunInline.stdout_block
     stderr_block = TaskRunInline.stderr_block

@@ -21,6 +21,7 @@ from tasks_app import selectors
 from tasks_app.admin.common import ReadOnlyAdminMixin, _download_link, _pre, _report, _task_link
 from tasks_app.logstream import timeline_dict
 from tasks_app.models import FAILURE_KIND_CHOICES, EventSource, Task, TaskEvent, TaskFile, TaskRun, TaskStatus
+from tasks_app.presenters import diff_stat_text
 from tasks_app.services.tasks import TaskStateError, task_cancel, task_retry
 from tasks_app.transitions import InvalidTransition
 
@@ -53,6 +54,7 @@ RUN_FIELDS = (
     ("worker_group", "worker", "celery_task_id", "sandbox"),
     ("started_at", "finished_at", "latency_ms", "retry_after_seconds"),
     ("input_tokens", "output_tokens", "cost_usd"),
+    ("base_sha", "change_summary", "pushed_branch", "pushed_sha"),
     "command_line",
     "stdout_block",
     "stderr_block",
@@ -69,6 +71,10 @@ class TaskRunInline(ReadOnlyAdminMixin, admin.StackedInline):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[TaskRun]:
         return super().get_queryset(request).select_related("worker_group")
+
+    @admin.display(description="change")
+    def change_summary(self, run: TaskRun) -> str:
+        return diff_stat_text(run.diff_stat) or "-"
 
     @admin.display(description="command")
     def command_line(self, run: TaskRun) -> SafeString:
@@ -119,14 +125,15 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                     "created_at", "finished_at", "prompt_excerpt")
     list_filter = ("status", "tool", "worker_group", "tenant", "schedule", FailureKindFilter, "created_at")
     search_fields = ("id", "prompt", "idempotency_key", "created_by")
-    list_select_related = ("worker_group", "schedule")
+    list_select_related = ("worker_group", "schedule", "repository")
     ordering = ("-created_at",)
     date_hierarchy = "created_at"
     actions = ("cancel_tasks", "retry_tasks")
     inlines = (TaskRunInline, TaskFileInline, TaskEventInline)
     change_form_template = "admin/tasks_app/task/change_form.html"  # adds the live output panel
     fieldsets = (
-        (None, {"fields": ("id", "status", "tool", "model", "tenant", "created_by", "schedule", "prompt_block")}),
+        (None, {"fields": ("id", "status", "tool", "model", "tenant", "created_by", "schedule", "repository", "ref",
+                           "prompt_block")}),
         ("Scheduling", {"fields": ("priority", "scheduled_at", "worker_group", "worker_group_pinned",
                                    "timeout_seconds", "idempotency_key", "output_files")}),
         ("Lifecycle", {"fields": ("attempt", "max_attempts", "attempt_base", "next_attempt_at", "started_at",
@@ -135,7 +142,8 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         ("Chain", {"fields": ("depends_on_links", "waiting_on_links", "dependents_links")}),
         ("Outcome", {"fields": ("error_message", "result", "metadata")}),
     )
-    readonly_fields = ("id", "status", "tool", "model", "tenant", "created_by", "schedule", "prompt_block",
+    readonly_fields = ("id", "status", "tool", "model", "tenant", "created_by", "schedule", "repository", "ref",
+                       "prompt_block",
                        "priority",
                        "scheduled_at", "worker_group", "worker_group_pinned", "timeout_seconds",
                        "idempotency_key", "output_files", "attempt", "max_attempts", "attempt_base",

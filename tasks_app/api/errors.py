@@ -12,6 +12,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from tasks_app.services.repositories import RepositoryInUse
 from tasks_app.services.tasks import IdempotencyConflict, TaskStateError
 from tasks_app.transitions import InvalidTransition
 
@@ -24,6 +25,6 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return Response({"idempotency_key": [str(exc)], "task_id": str(exc.task_id)}, status=status.HTTP_409_CONFLICT)
     elif isinstance(exc, DjangoPermissionDenied) and str(exc):  # the service says which permission is missing
         return Response({"detail": str(exc)}, status=status.HTTP_403_FORBIDDEN)
-    elif isinstance(exc, TaskStateError | InvalidTransition):
+    elif isinstance(exc, TaskStateError | InvalidTransition | RepositoryInUse):
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     return exception_handler(exc, context)

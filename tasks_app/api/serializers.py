@@ -18,6 +18,7 @@ from tasks_app.models import (
     GROUP_HEALTH,
     AuditEvent,
     OverlapPolicy,
+    Repository,
     Schedule,
     Task,
     TaskEvent,
@@ -27,7 +28,7 @@ from tasks_app.models import (
     Worker,
     WorkerGroup,
 )
-from tasks_app.presenters import worker_command
+from tasks_app.presenters import credential_names, worker_command
 from tasks_app.services.chains import MAX_PARENTS
 from tasks_app.services.tasks import TaskSpec, input_file_from_payload
 
@@ -203,6 +204,10 @@ class TaskCreateSerializer(StrictSerializer):
         required=False, default=list, max_length=1000,
         help_text=f"Ids of tasks (at most {MAX_PARENTS}) that must all succeed first; their outputs arrive as inputs "
                   "under `<id>/<path>`. One that fails or is canceled cancels this task.")
+    repository = StrictCharField(required=False, allow_null=True, default=None, max_length=100,
+                                 help_text="Run in a checkout of this repository of your tenant (its name).")
+    ref = StrictCharField(required=False, allow_blank=True, default="", max_length=255, trim_whitespace=False,
+                          help_text="Branch, tag or commit of the repository; empty: its default_ref.")
 
     def to_spec(self) -> TaskSpec:
         data = self.validated_data
@@ -217,7 +222,14 @@ class TaskCreateSerializer(StrictSerializer):
             idempotency_key=data["idempotency_key"], worker_group=data["worker_group"],
             metadata=dict(data["metadata"]), max_cost_usd=data["max_cost_usd"], max_turns=data["max_turns"],
             idle_timeout_seconds=data["idle_timeout_seconds"], depends_on=list(data["depends_on"]),
+            repository=data["repository"], ref=data["ref"],
         )
+
+
+class DiffStatSerializer(serializers.Serializer):
+    files = serializers.IntegerField()
+    insertions = serializers.IntegerField()
+    deletions = serializers.IntegerField()
 
 
 class TaskRunSerializer(serializers.ModelSerializer):
@@ -225,14 +237,17 @@ class TaskRunSerializer(serializers.ModelSerializer):
     cost_usd = serializers.FloatField(read_only=True, allow_null=True)
     # Blank while running and on success: say so in the schema (a read-only model field would drop allow_blank).
     failure_kind = serializers.ChoiceField(choices=FAILURE_KIND_CHOICES, allow_blank=True, read_only=True)
+    diff_stat = DiffStatSerializer(read_only=True, allow_null=True,
+                                   help_text="A run on a repository: its change against base_sha (null: none ran).")
 
     class Meta:
         model = TaskRun
         fields = [
             "id", "attempt", "status", "worker_group", "worker", "started_at", "finished_at", "exit_code",
             "failure_kind", "error_message", "retry_after_seconds", "input_tokens", "output_tokens", "cost_usd",
-            "cost_is_estimate", "turns", "session_id",
-            "latency_ms", "command", "sandbox", "stdout", "stdout_truncated", "stderr", "stderr_truncated",
+            "cost_is_estimate", "turns", "session_id", "resumed_session_id",
+            "latency_ms", "command", "sandbox", "base_sha", "diff_stat", "pushed_branch", "pushed_sha",
+            "stdout", "stdout_truncated", "stderr", "stderr_truncated",
         ]
         read_only_fields = fields
 
@@ -292,13 +307,15 @@ class TimelineSerializer(serializers.Serializer):
 
 class TaskSerializer(serializers.ModelSerializer):
     worker_group = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    repository = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     max_cost_usd = serializers.FloatField(read_only=True, allow_null=True)
 
     class Meta:
         model = Task
         fields = [
             "id", "tenant", "created_by", "tool", "model", "prompt", "output_files", "priority", "status",
-            "scheduled_at", "worker_group", "attempt", "max_attempts", "next_attempt_at", "timeout_seconds",
+            "scheduled_at", "worker_group", "repository", "ref", "attempt", "max_attempts", "next_attempt_at",
+            "timeout_seconds",
             "idle_timeout_seconds", "max_cost_usd", "max_turns", "idempotency_key", "result", "error_message",
             "started_at", "finished_at", "metadata", "created_at",
             "updated_at",
@@ -418,6 +435,52 @@ class WorkerGroupSerializer(StrictModelSerializer):
 class WorkerGroupUpdateSerializer(WorkerGroupSerializer):
     class Meta(WorkerGroupSerializer.Meta):
         read_only_fields = ["name", "tool", "account", "rate_limited_until", "created_at", "updated_at"]
+
+
+class RepositorySerializer(serializers.ModelSerializer):
+    """Credentials are write-only: responses say whether there are some, and their key names, never values."""
+
+    has_credentials = serializers.SerializerMethodField()
+    credential_names = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Repository
+        fields = ["name", "tenant", "url", "default_ref", "push_prefix", "has_credentials", "credential_names",
+                  "created_by", "created_at", "updated_at"]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.BooleanField())
+    def get_has_credentials(self, repository: Repository) -> bool:
+        return bool(repository.credentials_encrypted)
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField(), allow_null=True,
+                                               help_text="null: stored, but unreadable with this encryption key."))
+    def get_credential_names(self, repository: Repository) -> list[str] | None:
+        return credential_names(repository)
+
+
+# The rules (URL forms, ref names, credential shapes) are the service's, shared with schedulerctl and the admin.
+class RepositoryWriteSerializer(StrictSerializer):
+    name = StrictCharField(max_length=100, trim_whitespace=False, help_text="A slug, unique in its tenant.")
+    tenant = StrictCharField(required=False, max_length=100, trim_whitespace=False,
+                             help_text="Staff may create it in another tenant than their own.")
+    url = StrictCharField(max_length=1000, trim_whitespace=False,
+                          help_text="https://, http:// (no credentials), ssh://, git://, file://, user@host:path or "
+                                    "an absolute path; never a password or token in it.")
+    credentials = serializers.DictField(
+        child=StrictCharField(trim_whitespace=False), write_only=True, required=False, allow_null=True,
+        help_text='{"token"} (optionally with "username") for https://, or {"ssh_key"} for SSH. Write-only; '
+                  "replaced as a whole; {} or null removes them.")
+    default_ref = StrictCharField(required=False, max_length=255, trim_whitespace=False,
+                                  help_text="Branch, tag or commit when a task names none (default HEAD).")
+    push_prefix = StrictCharField(required=False, allow_blank=True, max_length=100, trim_whitespace=False,
+                                  help_text="Push each task's change to <push_prefix><task id>; empty: never.")
+
+
+class RepositoryUpdateSerializer(RepositoryWriteSerializer):
+    name = StrictCharField(read_only=True)
+    tenant = StrictCharField(read_only=True)
+    url = StrictCharField(required=False, max_length=1000, trim_whitespace=False)
 
 
 class WorkerSerializer(serializers.ModelSerializer):

@@ -5,11 +5,19 @@ from rest_framework.routers import DefaultRouter
 
 from tasks_app.api.intake import IntakeView
 from tasks_app.api.usage import UsageView
-from tasks_app.api.views import AuditEventViewSet, ScheduleViewSet, TaskViewSet, WorkerGroupViewSet, WorkerViewSet
+from tasks_app.api.views import (
+    AuditEventViewSet,
+    RepositoryViewSet,
+    ScheduleViewSet,
+    TaskViewSet,
+    WorkerGroupViewSet,
+    WorkerViewSet,
+)
 
 router = DefaultRouter(trailing_slash=True)
 router.register("tasks", TaskViewSet, basename="task")
 router.register("schedules", ScheduleViewSet, basename="schedule")
+router.register("repositories", RepositoryViewSet, basename="repository")
 router.register("worker-groups", WorkerGroupViewSet, basename="worker-group")
 router.register("workers", WorkerViewSet, basename="worker")
 router.register("audit", AuditEventViewSet, basename="audit")

@@ -12,13 +12,13 @@ from django.utils.http import content_disposition_header
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotAcceptable, ValidationError
 from rest_framework.filters import OrderingFilter
 from rest_framework.pagination import CursorPagination
-from rest_framework.permissions import IsAdminUser
+from rest_framework.permissions import BasePermission, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -27,10 +27,14 @@ from tasks_app import selectors
 from tasks_app.api.filters import TaskFilter
 from tasks_app.api.follow import follow_response
 from tasks_app.api.renderers import EventStreamRenderer
+from tasks_app.api.schema import ERROR_SCHEMA
 from tasks_app.api.serializers import (
     AuditEventSerializer,
     FollowUpSerializer,
     LogQuerySerializer,
+    RepositorySerializer,
+    RepositoryUpdateSerializer,
+    RepositoryWriteSerializer,
     ScheduleSerializer,
     ScheduleWriteSerializer,
     TaskCreateSerializer,
@@ -46,10 +50,11 @@ from tasks_app.api.serializers import (
     WorkerSerializer,
 )
 from tasks_app.logstream import LOGS, TIMELINE, timeline_dict
-from tasks_app.models import EventSource, Schedule, Task, TaskStatus
+from tasks_app.models import EventSource, Repository, Schedule, Task, TaskStatus
 from tasks_app.services.accounts import user_tenant
 from tasks_app.services.followups import task_follow_up
 from tasks_app.services.groups import group_create, group_pause, group_resume, group_update
+from tasks_app.services.repositories import repository_create, repository_delete, repository_update
 from tasks_app.services.schedules import (
     ScheduleSpec,
     schedule_create,
@@ -59,6 +64,7 @@ from tasks_app.services.schedules import (
     schedule_update,
 )
 from tasks_app.services.tasks import task_cancel, task_create, task_retry
+from tasks_app.validation import tenant_name
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):
@@ -366,6 +372,76 @@ class WorkerGroupViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         return WorkerGroupSerializer(selectors.group_list().get(name=name)).data
 
 
+_TENANT_PARAMETER = OpenApiParameter(
+    "tenant", {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"},
+    description="Only this tenant's (staff: any tenant; others see only their own). A repository's name is unique "
+                "within its tenant: staff name another tenant than their own here.")
+
+
+_BAD_TENANT = OpenApiResponse(ERROR_SCHEMA, description="`tenant` is not a tenant's name. Nothing was changed.")
+
+
+@extend_schema_view(list=extend_schema(parameters=[_TENANT_PARAMETER]),
+                    retrieve=extend_schema(parameters=[_TENANT_PARAMETER]))
+class RepositoryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Git repositories tasks run on (SPEC §8), by name within a tenant. Everyone sees their tenant's; staff see every
+    tenant's and create, change and delete them, as they manage worker groups. Credentials are write-only."""
+
+    serializer_class = RepositorySerializer
+    lookup_field = "name"
+    lookup_value_regex = "[A-Za-z0-9][A-Za-z0-9_-]{0,99}"
+    pagination_class = None
+    filter_backends: list[Any] = []
+
+    def get_permissions(self) -> list[BasePermission]:
+        if self.action in ("create", "partial_update", "destroy"):
+            return [IsAdminUser()]
+        return super().get_permissions()
+
+    def get_queryset(self) -> QuerySet[Repository]:
+        scope = tenant_scope(self.request)
+        wanted = self.request.query_params.get("tenant")
+        if wanted is not None:
+            tenant_name(wanted)  # a 400 naming the rule, never a NUL byte in a query
+        if scope is None and self.action != "list":
+            scope = wanted or user_tenant(self.request.user)  # one object: a name is unique only within a tenant
+        repositories = selectors.repository_list(tenant=scope)
+        return repositories.filter(tenant=wanted) if wanted is not None else repositories
+
+    @extend_schema(request=RepositoryWriteSerializer, responses={201: RepositorySerializer},
+                   description="Create (staff). `tenant`: another tenant than yours. Setting credentials needs the "
+                               "permission tasks_app.manage_credentials.")
+    def create(self, request: Request) -> Response:
+        serializer = RepositoryWriteSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        tenant = data.pop("tenant", None) or user_tenant(request.user)
+        repository = repository_create(tenant=tenant, **data, created_by=request.user.get_username(),
+                                       by=request.user)
+        return Response(RepositorySerializer(repository).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=RepositoryUpdateSerializer, responses=RepositorySerializer, parameters=[_TENANT_PARAMETER],
+                   description="Change (staff). Credentials are replaced as a whole ({} or null removes them); "
+                               "setting them, or changing the url or push_prefix of a repository that has some, needs "
+                               "the permission tasks_app.manage_credentials.")
+    def partial_update(self, request: Request, name: str | None = None) -> Response:
+        repository = self.get_object()
+        serializer = RepositoryUpdateSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        repository = repository_update(tenant=repository.tenant, name=repository.name,
+                                       changes=dict(serializer.validated_data), by=request.user)
+        return Response(RepositorySerializer(repository).data)
+
+    @extend_schema(responses={204: None, 400: _BAD_TENANT,
+                              409: OpenApiResponse(description="Tasks refer to it (the count is named).")},
+                   parameters=[_TENANT_PARAMETER],
+                   description="Delete (staff) a repository no task refers to; tasks keep theirs for their history.")
+    def destroy(self, request: Request, name: str | None = None) -> Response:
+        repository = self.get_object()
+        repository_delete(tenant=repository.tenant, name=repository.name)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
 @extend_schema(parameters=[
     OpenApiParameter("alive", bool, description="Only live (true) or only stopped and silent (false) workers."),
     OpenApiParameter("queue", str, description="Only workers consuming this queue (a group's name, or control)."),
@@ -392,8 +468,8 @@ class AuditCursorPagination(TaskCursorPagination):
 
 
 class AuditEventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
-    """Every change to groups, credentials (key names only), schedules, tokens and users (staff only): who, from
-    where (api, admin, cli, system), what, which fields, when. Never a secret value."""
+    """Every change to groups, repositories, credentials (key names only), schedules, tokens and users (staff only):
+    who, from where (api, admin, cli, system), what, which fields, when. Never a secret value."""
 
     permission_classes = [IsAdminUser]
     serializer_class = AuditEventSerializer

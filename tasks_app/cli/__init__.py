@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "follow-up": ("tasks", "cmd_follow_up"), "logs": ("tasks", "cmd_logs"),
     "files": ("tasks", "cmd_files"), "groups": ("groups", "cmd_groups"), "workers": ("groups", "cmd_workers"),
     "schedules": ("schedules", "cmd_schedules"), "usage": ("usage", "cmd_usage"),
+    "repos": ("repositories", "cmd_repos"),
     "users": ("accounts", "cmd_users"), "tokens": ("accounts", "cmd_tokens"), "ask": ("intake", "cmd_ask"),
 }
 
@@ -45,6 +46,7 @@ def run(argv: list[str]) -> int:
 
     from tasks_app.audit import acting, command_line_actor
     from tasks_app.models import EventSource
+    from tasks_app.services.repositories import RepositoryInUse
     from tasks_app.services.tasks import IdempotencyConflict, TaskStateError
     from tasks_app.transitions import InvalidTransition
 
@@ -56,7 +58,7 @@ def run(argv: list[str]) -> int:
         code, message = exc.code, str(exc)
     except ValidationError as exc:
         code, message = EXIT_USAGE, _validation_message(exc)
-    except (TaskStateError, InvalidTransition, IdempotencyConflict) as exc:
+    except (TaskStateError, InvalidTransition, IdempotencyConflict, RepositoryInUse) as exc:
         code, message = EXIT_NOT_FOUND, str(exc)
     except KeyboardInterrupt:
         code, message = 130, "interrupted"

@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kill an attempt silent this long (default SCHEDULER_IDLE_TIMEOUT)")
     p.add_argument("--after", action="append", default=[], metavar="ID",
                    help="run only once this task succeeded (repeatable); its outputs arrive under ID/")
+    p.add_argument("--repo", metavar="NAME", help="run in a checkout of this repository (see `repos list`)")
+    p.add_argument("--ref", default="", help="branch, tag or commit of --repo (default: the repository's default_ref)")
     p.add_argument("--wait", action="store_true", help="wait until the task finishes")
     p.add_argument("--wait-timeout", type=float, default=None, help="give up waiting after S seconds")
 
@@ -111,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
                                 "'none' removes the budget")
     for name in ("pause", "resume"):
         groups.add_parser(name).add_argument("name")
+
+    repos = sub.add_parser("repos", help="git repositories tasks run on").add_subparsers(
+        dest="action", required=True, parser_class=_Parser)
+    repos.add_parser = _with_parents(repos.add_parser, common)  # type: ignore[method-assign]
+    repos.add_parser("list")
+    p = repos.add_parser("add", help="NAME URL, in --tenant; a secret is read from the environment or a file, "
+                                     "never from the command line")
+    p.add_argument("name")
+    p.add_argument("url", help="https://…, ssh://…, user@host:path, file://… or an absolute path")
+    p.add_argument("--ref", default="HEAD", help="branch, tag or commit when a task names none (default HEAD)")
+    p.add_argument("--push-prefix", default="", metavar="PREFIX",
+                   help="push each task's change to the branch PREFIX<task id> (e.g. scheduler/); default: never")
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument("--token-env", metavar="VAR", help="an HTTPS token, from this environment variable")
+    secret.add_argument("--ssh-key-file", metavar="PATH", help="an SSH private (deploy) key, from this file")
+    p.add_argument("--username", help="with --token-env: the user name the token goes with")
+    repos.add_parser("rm", help="delete a repository no task refers to").add_argument("name")
 
     p = sub.add_parser("usage", help="runs, tokens and cost per UTC day, per group or per tenant")
     p.add_argument("--days", type=int, default=7, help="the last N UTC days, today included (default 7)")

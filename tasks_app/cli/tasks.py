@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 
 from tasks_app import logstream, selectors
 from tasks_app.cli.output import emit, short_id, table
 from tasks_app.cli.parser import EXIT_NOT_FOUND, EXIT_WAIT_FAILED, CommandError, parse_time
+from tasks_app.cli.repositories import with_options
 from tasks_app.models import TERMINAL_STATUSES, EventSource, Task, TaskStatus
-from tasks_app.presenters import file_dict, run_dict, task_dict
+from tasks_app.presenters import diff_stat_text, file_dict, run_dict, task_dict
 from tasks_app.services.followups import task_follow_up
 from tasks_app.services.tasks import InputFile, TaskSpec, task_cancel, task_create, task_retry
 from tasks_app.validation import relative_path
@@ -54,10 +56,13 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         priority=args.priority, scheduled_at=parse_time(args.at) if args.at else None,
         max_attempts=args.max_attempts, timeout_seconds=args.timeout, idempotency_key=args.idempotency_key,
         worker_group=args.group, max_cost_usd=args.max_cost, max_turns=args.max_turns,
-        idle_timeout_seconds=args.idle_timeout,
+        idle_timeout_seconds=args.idle_timeout, repository=args.repo, ref=args.ref,
         depends_on=[_task_id(value, tenant=args.tenant) for value in args.after],
     )
-    task, created = task_create(spec=spec, tenant=args.tenant, created_by=args.actor, source=EventSource.CLI)
+    try:
+        task, created = task_create(spec=spec, tenant=args.tenant, created_by=args.actor, source=EventSource.CLI)
+    except ValidationError as exc:
+        raise with_options(exc, {"repository": "--repo", "ref": "--ref", "depends_on": "--after"}) from None
     return _report(args, task, "created" if created else "existing")
 
 
@@ -96,7 +101,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    data = task_dict(_find_task(args.id, tenant=args.tenant), detail=True)
+    task = _find_task(args.id, tenant=args.tenant)
+    data = task_dict(task, detail=True)
 
     def render(d: dict[str, Any]) -> None:
         for key in ("id", "tool", "model", "status", "priority", "worker_group", "attempt", "max_attempts",
@@ -106,18 +112,26 @@ def cmd_get(args: argparse.Namespace) -> int:
         for key, label in (("depends_on", "depends on"), ("waiting_on", "waiting on"), ("dependents", "dependents")):
             if d[key]:
                 print(f"{label:>14}: {', '.join(d[key])}")
+        if task.repository is not None:
+            ref = task.ref or f"{task.repository.default_ref} (its default)"
+            print(f"{'repository':>14}: {task.repository.name}@{ref}")
         if d["result"]:
             print(f"{'final message':>14}: {d['result'].get('final_message')}")
-        table(["attempt", "status", "group", "exit", "failure", "tokens in/out", "ms"],
-              [[r["attempt"], r["status"], r["worker_group"], r["exit_code"], r["failure_kind"],
-                f"{r['input_tokens']}/{r['output_tokens']}", r["latency_ms"]] for r in d["runs"]], title="runs")
+        columns = ["attempt", "status", "group", "exit", "failure", "tokens in/out", "ms"]
+        rows = [[r["attempt"], r["status"], r["worker_group"], r["exit_code"], r["failure_kind"],
+                 f"{r['input_tokens']}/{r['output_tokens']}", r["latency_ms"]] for r in d["runs"]]
+        if task.repository is not None:  # what each attempt started from, changed and pushed
+            columns += ["base", "change", "pushed"]
+            for row, r in zip(rows, d["runs"], strict=True):
+                row += [r["base_sha"][:12], diff_stat_text(r["diff_stat"]), r["pushed_branch"]]
+        table(columns, rows, title="runs")
         table(["from", "to", "source", "actor", "reason", "at"],
               [[e["from_status"], e["to_status"], e["source"], e["actor"], e["reason"], e["created_at"][:23]]
                for e in d["events"]], title="events")
         if len(d["conversation"]) > 1 or d["follow_ups"]:
             table(["turn", "task", "status", "prompt", "final message", "change"],
                   [[number, t["id"] + (" (this)" if t["id"] == d["id"] else ""), t["status"], _excerpt(t["prompt"]),
-                    _excerpt(t["final_message"]), _change_text(t["diff_stat"])]
+                    _excerpt(t["final_message"]), diff_stat_text(t["diff_stat"])]
                    for number, t in enumerate(d["conversation"], start=1)], title="conversation")
             if d["follow_ups"]:
                 print(f"{'follow-ups':>14}: {', '.join(d['follow_ups'])}")
@@ -129,14 +143,6 @@ def cmd_get(args: argparse.Namespace) -> int:
 def _excerpt(text: str, width: int = 40) -> str:
     line = " ".join(text.split())
     return line if len(line) <= width else line[: width - 1] + "…"
-
-
-def _change_text(stat: dict[str, int] | None) -> str:
-    if stat is None:
-        return ""
-    if not stat.get("files"):
-        return "no change"
-    return f"{stat['files']} file{'s' if stat['files'] != 1 else ''}, +{stat['insertions']} -{stat['deletions']}"
 
 
 def cmd_follow_up(args: argparse.Namespace) -> int:

@@ -14,9 +14,9 @@ from django.utils import timezone
 
 from tasks_app.audit import audit
 from tasks_app.models import ApiToken, Membership
+from tasks_app.validation import tenant_name
 
 KEY_PREFIX = "cs_"
-_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _USERNAME = re.compile(r"^[\w.@+-]{1,150}$")
 
 
@@ -39,8 +39,7 @@ def user_tenant(user: AbstractBaseUser) -> str:
 def user_create(*, username: str, tenant: str, staff: bool = False) -> AbstractBaseUser:
     if not isinstance(username, str) or not _USERNAME.match(username):
         raise ValidationError({"username": ["must be 1-150 letters, digits or @.+-_"]})
-    if not isinstance(tenant, str) or not _TENANT.match(tenant):
-        raise ValidationError({"tenant": ["must be 1-100 letters, digits or ._- starting with a letter or digit"]})
+    tenant_name(tenant, field="tenant")
     users = get_user_model().objects
     with transaction.atomic():
         if users.filter(username=username).exists():

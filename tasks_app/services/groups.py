@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from executors import ConfigurationError, adapter_for
 from executors.envpolicy import check_env_names
-from tasks_app.audit import audit
+from tasks_app.audit import audit, credential_changes
 from tasks_app.crypto import CredentialsUnreadable
 from tasks_app.models import Tool, WorkerGroup
 from tasks_app.services.enqueue import enqueue_dispatch
@@ -40,12 +40,6 @@ def _require_manage_credentials(by: Any, fields: Iterable[str]) -> None:
     touched = sorted(set(fields) & set(CREDENTIAL_FIELDS))
     if by is not None and touched and not by.has_perm(MANAGE_CREDENTIALS):
         raise PermissionDenied(f"changing {', '.join(touched)} needs the permission {MANAGE_CREDENTIALS}")
-
-
-def _credential_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
-    """Which credential keys were added, replaced or removed: `credentials.KEY` names, never values."""
-    keys = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    return [f"credentials.{key}" for key in keys]
 
 
 def _string_map(value: object, *, field: str) -> dict[str, str]:
@@ -133,7 +127,7 @@ def group_create(
                    *(["extra_args"] if extra_args else []),
                    *(["allow_dangerous_flags"] if allow_dangerous_flags else []),
                    *[field for field, value in budgets.items() if value is not None],
-                   *_credential_changes({}, credentials)])
+                   *credential_changes({}, credentials)])
     except IntegrityError:
         raise ValidationError({"account": [f"a group {group.name!r} already exists"]}) from None
     return group
@@ -175,7 +169,7 @@ def group_update(*, name: str, changes: dict[str, Any], by: Any = None) -> Worke
             merged[field] = _clean_budget(changes[field], field=field) if field in changes else getattr(group, field)
         changed = [key for key, value in merged.items() if getattr(group, key) != value]
         if "credentials" in changes or changes.get("credentials_set") or changes.get("credentials_unset"):
-            changed += _credential_changes(_readable_credentials(group), credentials)
+            changed += credential_changes(_readable_credentials(group), credentials)
         for key, value in merged.items():
             setattr(group, key, value)
         group.credentials = credentials

@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from tasks_app import validation
-from tasks_app.models import TERMINAL_STATUSES, Task, TaskFile, TaskStatus, Tool, WorkerGroup
+from tasks_app.models import TERMINAL_STATUSES, Repository, Task, TaskFile, TaskStatus, Tool, WorkerGroup
 from tasks_app.services import chains
 from tasks_app.services.enqueue import enqueue_dispatch
 from tasks_app.transitions import TaskStateError, task_event_add, task_lock, task_transition
@@ -27,6 +27,14 @@ from tasks_app.transitions import TaskStateError, task_event_add, task_lock, tas
 # Files that the CLIs read as their own configuration from the work dir: a job's inputs must not set hooks,
 # MCP servers, env or keys for the CLI that runs with the account's credentials.
 CLI_CONFIG_NAMES = frozenset({".claude", ".codex", ".gemini", ".mcp.json", "CLAUDE.local.md"})
+# git's own directory in a checkout: hooks and config there run when the scheduler fetches and pushes with the
+# repository's credentials, outside the sandbox. No task writes or collects anything under it.
+GIT_DIR = ".git"
+
+
+def _under_git_dir(path: str) -> bool:
+    # Compared without case: on a case-insensitive file system (a developer's macOS box) .GIT is .git.
+    return any(segment.lower() == GIT_DIR for segment in path.split("/"))
 
 
 class IdempotencyConflict(Exception):
@@ -67,6 +75,9 @@ class TaskSpec:
     idle_timeout_seconds: int | None = None
     # Chains (SPEC §8): ids of tasks that must all succeed first; their outputs arrive under `<id>/`.
     depends_on: list[str] = field(default_factory=list)
+    # A run on a repository (SPEC §8): its name in the task's tenant, and a branch, tag or commit ("" its default_ref).
+    repository: str | None = None
+    ref: str = ""
 
     def fingerprint(self) -> str:
         body = {
@@ -86,6 +97,8 @@ class TaskSpec:
                if value is not None},
             # Only when set: the fingerprints of tasks stored before chains existed stay what they were.
             **({"depends_on": sorted(self.depends_on)} if self.depends_on else {}),
+            # Only when set: the fingerprints of tasks without a repository stay what they were.
+            **({"repository": self.repository, "ref": self.ref} if self.repository is not None else {}),
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -113,8 +126,9 @@ def input_file_from_payload(item: object, *, index: int) -> InputFile:
     return InputFile(path=path, content=content)  # type: ignore[arg-type]
 
 
-def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
-    """Check every rule; return the normalised spec and the pinned group. Writes nothing."""
+def task_spec_clean(spec: TaskSpec, *, tenant: str = "default") -> tuple[TaskSpec, WorkerGroup | None]:
+    """Check every rule (the repository is looked up in `tenant`); return the normalised spec and the pinned group.
+    Writes nothing."""
     errors: dict[str, list[str]] = {}
 
     def check(fn: Callable[[], Any]) -> Any:
@@ -179,6 +193,9 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
         for i, pattern in enumerate(spec.output_files):
             outputs.append(check(lambda p=pattern, i=i: validation.relative_path(
                 p, field=f"output_files[{i}]", allow_glob=True)))
+            if outputs[-1] is not None and _under_git_dir(outputs[-1]):
+                errors.setdefault(f"output_files[{i}]", []).append(
+                    f"{outputs[-1]!r} is under .git/: outputs are the work dir's files, never git's own")
 
     inputs: list[InputFile] = []
     total = 0
@@ -192,6 +209,10 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
                 f"{path!r} would configure the CLI itself (hooks, settings, keys); inputs may not be under "
                 f"{', '.join(sorted(CLI_CONFIG_NAMES))} or be .env files"
             )
+        if _under_git_dir(path):
+            errors.setdefault(f"input_files[{i}].path", []).append(
+                f"{path!r} would write under .git/ (git's hooks and config, which would run when the scheduler "
+                "fetches or pushes); no input may have a .git segment")
         if path in seen:
             errors.setdefault(f"input_files[{i}].path", []).append(f"{path!r} is given twice")
         seen.add(path)
@@ -222,6 +243,7 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
             errors["worker_group"] = [
                 f"group {group.name!r} runs {group.tool}, not {spec.tool}; pin a group of the task's tool"
             ]
+    errors.update(_repository_errors(spec, tenant=tenant))
     if errors:
         raise ValidationError(errors)
     cleaned = TaskSpec(
@@ -241,12 +263,39 @@ def task_spec_clean(spec: TaskSpec) -> tuple[TaskSpec, WorkerGroup | None]:
         max_turns=spec.max_turns,
         idle_timeout_seconds=spec.idle_timeout_seconds,
         depends_on=depends_on,
+        repository=spec.repository,
+        ref=spec.ref,
     )
     return cleaned, group
 
 
 def _plain_token(value: str) -> bool:
     return not value or (not any(c.isspace() for c in value) and not value.startswith("-"))
+
+
+def _repository(*, tenant: str, name: str) -> Repository | None:
+    try:
+        validation.repository_name(name, field="repository")  # nothing PostgreSQL would refuse (NUL) reaches it
+    except ValidationError:
+        return None
+    return Repository.objects.filter(tenant=tenant, name=name).first()
+
+
+def _repository_errors(spec: TaskSpec, *, tenant: str) -> dict[str, list[str]]:
+    errors: dict[str, list[str]] = {}
+    if spec.repository is not None and (not isinstance(spec.repository, str)
+                                        or _repository(tenant=tenant, name=spec.repository) is None):
+        errors["repository"] = [f"no repository named {spec.repository!r} in tenant {tenant!r}"]
+    if not isinstance(spec.ref, str):
+        errors["ref"] = ["must be a string: a branch, tag or commit (empty: the repository's default_ref)"]
+    elif spec.ref and spec.repository is None:
+        errors["ref"] = ["names a commit of the task's repository: give repository as well, or no ref"]
+    elif spec.ref:
+        try:
+            validation.git_ref(spec.ref, field="ref")
+        except ValidationError as exc:
+            errors.update(exc.message_dict)
+    return errors
 
 
 def task_create(
@@ -257,7 +306,7 @@ def task_create(
 
     Returns ``(task, created)``; an idempotent repeat returns the existing task and ``False``.
     """
-    spec, group = task_spec_clean(spec)
+    spec, group = task_spec_clean(spec, tenant=tenant)
     fingerprint = spec.fingerprint()
     if spec.idempotency_key:
         _refuse_own_match(tenant, spec.idempotency_key, spec.depends_on)
@@ -276,6 +325,12 @@ def task_create(
         with transaction.atomic():
             pending = chains.parents_pending(parent_ids=spec.depends_on, tenant=tenant, lock=True) if (
                 spec.depends_on) else 0
+            repository = None
+            if spec.repository is not None:
+                repository = _repository(tenant=tenant, name=spec.repository)
+                if repository is None:  # deleted since task_spec_clean looked
+                    raise ValidationError({"repository": [f"no repository named {spec.repository!r} in tenant "
+                                                          f"{tenant!r}"]})
             task = Task.objects.create(
                 tenant=tenant,
                 created_by=created_by,
@@ -297,6 +352,8 @@ def task_create(
                 metadata=spec.metadata,
                 schedule=schedule,
                 dependencies_pending=pending,
+                repository=repository,
+                ref=spec.ref,
             )
             if spec.depends_on:
                 task.depends_on.add(*spec.depends_on)

@@ -23,6 +23,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tasks_app.models import TaskRun
 from tasks_app.services.accounts import token_create, user_create
+from tasks_app.services.repositories import repository_create
 from tasks_app.services.schedules import ScheduleSpec, schedule_create
 from tasks_app.services.tasks import InputFile, TaskSpec, stored_file, task_create
 from tests.factories import WorkerGroupFactory
@@ -68,14 +69,20 @@ def intake_answers_none(settings):  # no 503 from an unconfigured intake, and no
 def _rows() -> dict[str, str]:
     """One of each object in the fuzzed tenant, so that generated requests also reach real rows."""
     group = WorkerGroupFactory(account="main")
-    task, _ = task_create(spec=TaskSpec(tool="claude", prompt="fuzz", input_files=[InputFile("in.txt", b"in")]),
+    repository = repository_create(tenant="fuzz", name="app", url="https://git.example/app.git",
+                                   credentials={"token": "fuzz-token-value"})
+    # On a repository: deleting that one is a 409, and its run shows what it changed.
+    task, _ = task_create(spec=TaskSpec(tool="claude", prompt="fuzz", input_files=[InputFile("in.txt", b"in")],
+                                        repository=repository.name, ref="main"),
                           tenant="fuzz", source="api")
-    run = TaskRun.objects.create(task=task, attempt=1, lease_token=task.pk, status="succeeded")
+    run = TaskRun.objects.create(task=task, attempt=1, lease_token=task.pk, status="succeeded", base_sha="a" * 40,
+                                 diff_stat={"files": 1, "insertions": 2, "deletions": 0})
     output = stored_file(task=task, run=run, direction="output", path="out/report.md", data=b"# report")
     output.save()
     schedule = schedule_create(spec=ScheduleSpec(name="fuzz", tool="claude", prompt="p", cron="0 9 * * *"),
                                tenant="fuzz")
-    return {"task": str(task.pk), "file": str(output.pk), "schedule": str(schedule.pk), "group": group.name}
+    return {"task": str(task.pk), "file": str(output.pk), "schedule": str(schedule.pk), "group": group.name,
+            "repository": repository.name}
 
 
 def _real_path_parameters(path: str, rows: dict[str, str]) -> dict[str, str] | None:
@@ -85,6 +92,8 @@ def _real_path_parameters(path: str, rows: dict[str, str]) -> dict[str, str] | N
         return {"id": rows["schedule"]}
     if path.startswith("/api/v1/worker-groups/{name}"):
         return {"name": rows["group"]}
+    if path.startswith("/api/v1/repositories/{name}"):
+        return {"name": rows["repository"]}
     return None
 
 
