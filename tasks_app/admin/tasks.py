@@ -140,6 +140,7 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                                   "finished_at", "lease_expires_at", "cancel_requested_at", "created_at",
                                   "updated_at")}),
         ("Chain", {"fields": ("depends_on_links", "waiting_on_links", "dependents_links")}),
+        ("Conversation", {"fields": ("resume_session_id", "conversation_turns", "follow_up_links")}),
         ("Outcome", {"fields": ("error_message", "result", "metadata")}),
     )
     readonly_fields = ("id", "status", "tool", "model", "tenant", "created_by", "schedule", "repository", "ref",
@@ -149,7 +150,8 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                        "idempotency_key", "output_files", "attempt", "max_attempts", "attempt_base",
                        "next_attempt_at", "started_at", "finished_at", "lease_expires_at",
                        "cancel_requested_at", "created_at", "updated_at", "error_message", "result",
-                       "metadata", "depends_on_links", "waiting_on_links", "dependents_links")
+                       "metadata", "depends_on_links", "waiting_on_links", "dependents_links",
+                       "resume_session_id", "conversation_turns", "follow_up_links")
 
     def get_urls(self) -> list[URLPattern]:
         download = path(
@@ -241,6 +243,23 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="dependents")
     def dependents_links(self, task: Task) -> SafeString:
         return _task_links(selectors.task_chain(task=task).dependents)
+
+    @admin.display(description="turns")
+    def conversation_turns(self, task: Task) -> SafeString:
+        """The chain of follow-ups that led here, first to last: each turn's prompt, outcome and change."""
+        turns = selectors.task_conversation_turns(task)
+        if len(turns) == 1:
+            return format_html("<em>{}</em>", "a first turn (no parent)")
+        rows = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
+            (number, _task_link(str(turn["id"])) if turn["id"] != task.pk else format_html("<b>{}</b>", "this task"),
+             turn["status"], turn["prompt"][:200], diff_stat_text(turn["diff_stat"]))
+            for number, turn in enumerate(turns, start=1)))
+        return format_html("<table><tr><th>#</th><th>task</th><th>status</th><th>prompt</th><th>change</th></tr>"
+                           "{}</table>", rows)
+
+    @admin.display(description="follow-ups")
+    def follow_up_links(self, task: Task) -> SafeString:
+        return _task_links([str(pk) for pk in selectors.task_follow_up_ids(task_id=task.pk)])
 
     @admin.display(description="prompt")
     def prompt_block(self, task: Task) -> SafeString:

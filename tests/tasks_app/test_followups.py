@@ -180,3 +180,17 @@ def test_the_resumed_attempt_on_a_repository_starts_from_the_cut_off_runs_commit
     spec = execution_spec(second)
     assert spec.workspace is not None and spec.workspace.base_patches == (partial.patch,)
     assert "tok-secret" in spec.secrets and spec.workspace.push_branch == f"sched/{task.pk}"
+
+
+def test_the_admin_task_page_shows_the_conversation(groups, admin_client) -> None:
+    from django.urls import reverse
+
+    parent = _finished()
+    child = task_follow_up(task_id=parent.pk, prompt="<b>second</b> turn", source="api")
+
+    page = admin_client.get(reverse("admin:tasks_app_task_change", args=[child.pk])).content.decode()
+    parent_page = admin_client.get(reverse("admin:tasks_app_task_change", args=[parent.pk])).content.decode()
+
+    assert "Conversation" in page and "write hello" in page and "this task" in page
+    assert "&lt;b&gt;second&lt;/b&gt; turn" in page and "<b>second</b>" not in page  # prompts are escaped
+    assert str(child.pk) in parent_page and "sess-1" in page
