@@ -3,7 +3,8 @@
 Subcommands, each with its own `--help`: `api` (API latency, bench/api.py), `deep` (dispatch over a deep queue,
 bench/deep.py), `latency` (dispatch latency), `footprint` (worker RSS), `fairness` (two tenants), `sandbox` (the
 sandbox's cost per run, bench/sandbox.py), `streams` (200 live followers beside the API, bench/streams.py),
-`parsing` (memory and CPU of reading a 200 MB event stream, bench/parsing.py) and
+`parsing` (memory and CPU of reading a 200 MB event stream, bench/parsing.py), `workspace` (time to a ready
+checkout of a 100 MB repository, bench/workspace.py) and
 `all` (the whole issue-9 suite with one summary table, bench/suite.py; `--quick` fits in well under 15 minutes).
 """
 
@@ -300,7 +301,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 SUBCOMMANDS = {"api": "api", "deep": "deep", "latency": "latency", "footprint": "footprint",
                "fairness": "fairness", "sandbox": "sandbox", "streams": "streams", "parsing": "parsing",
-               "all": "suite"}  # subcommand -> module in bench/
+               "workspace": "workspace", "all": "suite"}  # subcommand -> module in bench/
 
 
 def main(argv: list[str] | None = None) -> int:

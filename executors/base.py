@@ -170,6 +170,9 @@ class ExecutionSpec:
     max_turns: int | None = None
     prices: Prices = field(default_factory=dict)
     workspace: WorkspaceSpec | None = None  # a run on a repository: the work dir is its checkout
+    # Bounds each of the repository steps (checkout before the run, change and push after it), apart from the
+    # CLI's own timeout: git's time is never the CLI's time, nor its idle time.
+    git_timeout_seconds: float = 300.0
     # Where the CLI sees its work dir inside the sandbox ("" the same path): one path per conversation, so a
     # follow-up resumes a session its CLI filed under the same project directory (claude, gemini).
     work_dir_inside: str = ""

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar
 
 from executors.adapters import adapter_for
 from executors.base import (
@@ -30,16 +30,22 @@ from executors.base import (
     FailureKind,
     Heartbeat,
     LeaseClock,
+    OutputFile,
     OutputSink,
     RunEvent,
+    WorkspaceChange,
+    WorkspaceSpec,
 )
 from executors.confinement import ConfinementError, collect_outputs, open_root, same_directory, write_input
+from executors.git import WorkspaceError, mirror_objects, workspace_change, workspace_prepare
 from executors.sandbox import WRAPPER_DEPTH, SandboxError, bwrap_argv
 from executors.streams import MESSAGE_CHARS, SUMMARY_CHARS, LineSplitter, StreamParser
 
 logger = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
+CHANGES_PATCH = "changes.patch"  # the output file of a run on a repository: what its CLI changed
+_T = TypeVar("_T")
 
 
 class BoundedBuffer:
@@ -273,9 +279,19 @@ def _execute(spec: ExecutionSpec, parser: StreamParser, heartbeat: Heartbeat | N
     # and error dumps to temp files (gemini's /tmp/gemini-client-error-*.json holds the prompt). In the sandbox
     # /tmp itself is private.
     private_tmp = private_tmp_dir(spec.work_dir)
+    workspace = _workspace(spec)
+    base_sha = ""
     try:
+        if workspace is not None:
+            # Before any input is written: the checkout needs an empty dir, and inputs then land in the checkout.
+            base_sha = _repository_step(spec, result, heartbeat, "prepare", lambda cancel: workspace_prepare(
+                workspace, spec.work_dir, timeout=spec.git_timeout_seconds, cancel=cancel))
+            if not base_sha:
+                return result
         try:
             for relative, data in spec.input_files:
+                if workspace is not None and ".git" in relative.lower().split("/"):
+                    raise ConfinementError(f"{relative!r} is inside a .git directory")
                 write_input(root_fd, relative, data)
         except (ConfinementError, OSError) as exc:
             result.failure_kind, result.error_message = FailureKind.INTERNAL, f"input refused: {_describe(exc)}"
@@ -284,9 +300,11 @@ def _execute(spec: ExecutionSpec, parser: StreamParser, heartbeat: Heartbeat | N
             shutil.rmtree(private_tmp, ignore_errors=True)  # left over by a killed worker
             private_tmp.mkdir(mode=0o700)
             spec = replace(spec, env={**spec.env, "TMPDIR": str(private_tmp)})
-        _run_process(spec, parser, result, heartbeat, on_output, on_event, lease)
+        started = _run_process(spec, parser, result, heartbeat, on_output, on_event, lease)
         if result.succeeded:
             _collect(spec, root_fd, result)
+        if started and workspace is not None:
+            _record_change(spec, workspace, root_fd, result, base_sha, heartbeat)
     except OSError as exc:
         result.failure_kind, result.error_message = FailureKind.INTERNAL, f"work dir error: {_describe(exc)}"
     finally:
@@ -298,6 +316,91 @@ def _execute(spec: ExecutionSpec, parser: StreamParser, heartbeat: Heartbeat | N
         shutil.rmtree(private_tmp, ignore_errors=True)
         _scrub_result(result, spec.secrets)
     return result
+
+
+def _workspace(spec: ExecutionSpec) -> WorkspaceSpec | None:
+    """The run's repository, its input files left out of the change (they are the task's, not the CLI's work)."""
+    if spec.workspace is None:
+        return None
+    inputs = tuple(relative for relative, _ in spec.input_files if relative not in spec.workspace.exclude)
+    return replace(spec.workspace, exclude=(*spec.workspace.exclude, *inputs))
+
+
+def _record_change(spec: ExecutionSpec, workspace: WorkspaceSpec, root_fd: int, result: ExecutionResult,
+                   base_sha: str, heartbeat: Heartbeat | None) -> None:
+    """Whatever the outcome, what the CLI changed (a retry or an operator may want a failed run's work); only a
+    successful run's change is an output (`changes.patch`) and is pushed."""
+    if not same_directory(root_fd, spec.work_dir):
+        # Never handed to git: it would follow the symlink and record whatever it points at.
+        result.change = WorkspaceChange(base_sha=base_sha, error="the work dir was replaced during the run")
+        return
+    succeeded = result.succeeded
+    if not succeeded:
+        workspace = replace(workspace, push_branch="")
+    failure, message = result.failure_kind, result.error_message
+    # A cancel that comes now (or came during the run) does not stop the change being recorded: the CLI is gone,
+    # and the step is bounded. Only a lost lease does: this worker's result will be dropped anyway.
+    change = _repository_step(spec, result, heartbeat, "change", lambda cancel: workspace_change(
+        workspace, spec.work_dir, base_sha, timeout=spec.git_timeout_seconds,
+        max_patch_bytes=spec.max_total_output_bytes, cancel=cancel), stop_on=(Control.LEASE_LOST,))
+    if change is None:
+        result.change = WorkspaceChange(base_sha=base_sha, error=result.error_message)
+        if not succeeded:  # the run's own failure stays the reason; the change's is in result.change
+            result.failure_kind, result.error_message = failure, message
+        return
+    result.change = change
+    if succeeded and change.patch:
+        result.outputs = [o for o in result.outputs if o.path != CHANGES_PATCH]
+        result.outputs.append(OutputFile(CHANGES_PATCH, change.patch))
+
+
+def _repository_step(spec: ExecutionSpec, result: ExecutionResult, heartbeat: Heartbeat | None, name: str,
+                     step: Callable[[threading.Event], _T],
+                     stop_on: tuple[Control, ...] = (Control.CANCEL, Control.LEASE_LOST)) -> _T | None:
+    """Run a repository step (git) in a thread while this thread keeps the heartbeat going, as the wait loop
+    does for the CLI: a first clone of a big repository may outlast the lease, and a cancel must stop it. The
+    step's time goes to `result.details`; a failure, a cancel or a lost lease sets the result's failure and
+    returns None."""
+    cancel = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = step(cancel)
+        except WorkspaceError as exc:
+            outcome["error"] = exc
+        except Exception as exc:  # a bug here must not pass for the CLI's failure: reported as internal
+            logger.exception("the repository step %s failed", name)
+            outcome["bug"] = exc
+
+    started = time.monotonic()
+    thread = threading.Thread(target=target, name=f"repository-{name}", daemon=True)
+    thread.start()
+    stopped = ""
+    try:
+        while thread.is_alive():
+            thread.join(spec.heartbeat_interval if heartbeat is not None else None)
+            if thread.is_alive() and heartbeat is not None and not stopped:
+                control = heartbeat()
+                if control in stop_on:
+                    stopped = control.value
+                    cancel.set()
+    except BaseException:
+        cancel.set()  # git's process group is killed within a fraction of a second
+        thread.join(timeout=30)
+        raise
+    result.details[f"repository_{name}_ms"] = int((time.monotonic() - started) * 1000)
+    if stopped:
+        result.failure_kind = STOP_KINDS[stopped]
+        result.error_message = REPOSITORY_STOP_MESSAGES[stopped].format(step=name)
+        return None
+    if "value" in outcome:
+        return outcome["value"]
+    if "bug" in outcome:
+        result.failure_kind, result.error_message = FailureKind.INTERNAL, f"repository step failed: {outcome['bug']}"
+        return None
+    result.failure_kind, result.error_message = FailureKind.REPOSITORY, str(outcome["error"])
+    return None
 
 
 def _collect(spec: ExecutionSpec, root_fd: int, result: ExecutionResult) -> None:
@@ -348,7 +451,9 @@ def _command(spec: ExecutionSpec) -> list[str]:
     binary = os.path.abspath(binary)
     if not spec.sandbox.enabled:
         return [binary, *spec.argv[1:]]
-    return [*bwrap_argv(sandbox=spec.sandbox, binary=binary, work_dir=spec.work_dir, env=spec.env), *spec.argv[1:]]
+    objects = str(mirror_objects(spec.workspace)) if spec.workspace is not None else ""
+    return [*bwrap_argv(sandbox=spec.sandbox, binary=binary, work_dir=spec.work_dir, env=spec.env,
+                        work_dir_inside=spec.work_dir_inside, shared_objects=objects), *spec.argv[1:]]
 
 
 class _Supervised:
@@ -414,7 +519,8 @@ class _Supervised:
 def _run_process(
     spec: ExecutionSpec, parser: StreamParser, result: ExecutionResult, heartbeat: Heartbeat | None,
     on_output: OutputSink | None = None, on_event: EventSink | None = None, lease: LeaseClock | None = None,
-) -> None:
+) -> bool:
+    """Run the CLI and record its outcome in `result`; False if it could not be started."""
     started = time.monotonic()
     setting = f"SCHEDULER_{spec.tool.upper()}_BIN"
     try:
@@ -423,14 +529,14 @@ def _run_process(
     except FileNotFoundError:
         result.failure_kind = FailureKind.CLI_MISSING
         result.error_message = f"{spec.argv[0]} not found: set {setting} or install {spec.tool}"
-        return
+        return False
     except PermissionError:
         result.failure_kind = FailureKind.CLI_MISSING
         result.error_message = f"{spec.argv[0]} is not executable"
-        return
+        return False
     except SandboxError as exc:
         result.failure_kind, result.error_message = FailureKind.SANDBOX, str(exc)
-        return
+        return False
     proc = supervised.proc
 
     stdout, stderr = BoundedBuffer(spec.stdout_limit), BoundedBuffer(spec.stdout_limit)
@@ -471,6 +577,7 @@ def _run_process(
         _record(spec, parser, result, exit_code, stdout, stderr, started, stopped, watch)
     finally:
         watch.close()
+    return True
 
 
 def _wait(supervised: _Supervised, spec: ExecutionSpec, started: float, tick: Heartbeat | None,
@@ -553,6 +660,10 @@ STOP_MESSAGES = {
     "lease_lost": "lease lost to another worker; this run was stopped",
     "stalled": "stalled: no output and no event for {idle:g}s (the idle timeout); the CLI's process group was killed",
 }
+REPOSITORY_STOP_MESSAGES = {
+    "cancel": "canceled during the repository step ({step}); git was stopped",
+    "lease_lost": "lease lost to another worker during the repository step ({step}); this run was stopped",
+}
 STOP_KINDS = {"timeout": FailureKind.TIMEOUT, "cancel": FailureKind.CANCELED, "lease_lost": FailureKind.WORKER_LOST,
               "stalled": FailureKind.STALLED}
 
@@ -572,7 +683,7 @@ def _record(spec: ExecutionSpec, parser: StreamParser, result: ExecutionResult, 
         parsed.input_tokens, parsed.output_tokens, parsed.cost_usd,
     )
     result.session_id, result.turns, result.cost_is_estimate = parsed.session_id, parsed.turns, parsed.cost_is_estimate
-    result.details = parsed.details
+    result.details.update(parsed.details)  # after the repository step's timing
     notes = {"skipped_lines": watch.splitter.skipped, "dropped_events": parser.dropped_events,
              "parse_errors": watch.parse_errors}
     result.details.update({name: count for name, count in notes.items() if count})

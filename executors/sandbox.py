@@ -77,8 +77,11 @@ def _under_system_dirs(path: Path) -> bool:
     return any(path == Path(d) or Path(d) in path.parents for d in SYSTEM_DIRS)
 
 
-def bwrap_argv(*, sandbox: Sandbox, binary: str, work_dir: Path, env: dict[str, str]) -> list[str]:
-    """The bwrap command line that runs `binary` (absolute) inside the sandbox, in `work_dir`."""
+def bwrap_argv(*, sandbox: Sandbox, binary: str, work_dir: Path, env: dict[str, str], work_dir_inside: str = "",
+               shared_objects: str = "") -> list[str]:
+    """The bwrap command line that runs `binary` (absolute) inside the sandbox, in `work_dir` (seen at
+    `work_dir_inside` when given). `shared_objects`: a repository mirror's objects dir, which the checkout in the
+    work dir borrows (its alternates), bound read-only at its own path; nothing else of the mirrors is."""
     bwrap = bwrap_path()
     if bwrap is None:
         raise SandboxError("bubblewrap (bwrap) is not installed; install it or set SCHEDULER_SANDBOX=off")
@@ -101,11 +104,38 @@ def bwrap_argv(*, sandbox: Sandbox, binary: str, work_dir: Path, env: dict[str, 
         argv += ["--ro-bind", _existing(path, "SCHEDULER_SANDBOX_RO_PATHS"), path]
     for path in [*sandbox.state_dirs, *sandbox.rw_paths]:
         argv += ["--bind", _existing(path, "a read-write path"), path]
-    argv += ["--bind", str(work_dir), str(work_dir), "--chdir", str(work_dir)]
+    if shared_objects:
+        argv += ["--ro-bind", _shared_objects(shared_objects, sandbox, work_dir), shared_objects]
+    inside = _inside(work_dir_inside) if work_dir_inside else str(work_dir)
+    if inside != str(work_dir) and os.path.dirname(inside) != "/":
+        argv += ["--dir", os.path.dirname(inside)]
+    argv += ["--bind", str(work_dir), inside, "--chdir", inside]
     if env.get("HOME") not in sandbox.state_dirs:
         argv += ["--setenv", "HOME", HOME_INSIDE]
     argv += ["--setenv", "TMPDIR", TMP_INSIDE, "--", binary]
     return argv
+
+
+def _inside(path: str) -> str:
+    """Where the work dir is seen: an absolute, plain path outside the system dirs and the sandbox's own."""
+    normal = os.path.normpath(path)
+    reserved = (*SYSTEM_DIRS, "/proc", "/dev", "/etc", "/run", HOME_INSIDE)
+    if (not os.path.isabs(path) or normal != path or normal == "/"
+            or any(normal == r or normal.startswith(r + "/") for r in reserved)):
+        raise SandboxError(f"{path!r} cannot be the work dir inside the sandbox: an absolute plain path outside "
+                           "the system dirs is needed")
+    return normal
+
+
+def _shared_objects(path: str, sandbox: Sandbox, work_dir: Path) -> str:
+    """A mirror's objects, read-only: refused if the mirrors lie inside something bound read-write or read-only
+    (the CLI would see other repositories' mirrors, or write to this one)."""
+    _existing(path, "the repository mirror")
+    for bound in (*sandbox.ro_paths, *sandbox.rw_paths, *sandbox.state_dirs, str(work_dir)):
+        if Path(path).is_relative_to(bound):
+            raise SandboxError(f"the repository mirrors ({Path(path).parent.parent}) must not be inside a path "
+                               f"bound into the sandbox ({bound})")
+    return path
 
 
 def _existing(path: str, what: str) -> str:

@@ -15,7 +15,8 @@ from tasks_app.selectors import task_attempts_running
 
 logger = logging.getLogger(__name__)
 
-_RUN_DIR = re.compile(r"^(?P<task>[0-9a-f-]{36})-(?P<attempt>\d+)(?:\.tmp)?$")
+# A work dir, its private TMPDIR (.tmp) and git's scratch dir beside it (.git: executors.git.scratch_dir).
+_RUN_DIR = re.compile(r"^(?P<task>[0-9a-f-]{36})-(?P<attempt>\d+)(?:\.tmp|\.git)?$")
 
 
 def stale_work_dirs_remove(root: Path | None = None) -> list[str]:

@@ -25,6 +25,19 @@ def test_stale_work_dirs_are_removed_and_running_ones_kept(tmp_path, settings) -
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{running.pk}-2", "not-ours"])
 
 
+def test_a_stale_runs_git_scratch_dir_goes_with_its_work_dir(tmp_path, settings) -> None:
+    settings.SCHEDULER_KEEP_WORK_DIRS = False
+    running = TaskFactory(status="running", attempt=1)
+    finished = TaskFactory(status="failed", attempt=1)
+    for name in (f"{running.pk}-1.git", f"{finished.pk}-1.git"):
+        (tmp_path / name / "home").mkdir(parents=True)
+
+    removed = stale_work_dirs_remove(tmp_path)
+
+    assert removed == [f"{finished.pk}-1.git"]
+    assert [p.name for p in tmp_path.iterdir()] == [f"{running.pk}-1.git"]
+
+
 def test_keep_work_dirs_setting_keeps_everything(tmp_path, settings) -> None:
     settings.SCHEDULER_KEEP_WORK_DIRS = True
     task = TaskFactory(status="failed", attempt=1)
