@@ -96,10 +96,11 @@ def workspace_prepare(spec: WorkspaceSpec, work_dir: Path, *, timeout: float,
 
 def workspace_change(spec: WorkspaceSpec, work_dir: Path, base_sha: str, *, timeout: float,
                      max_patch_bytes: int = 0, cancel: threading.Event | None = None) -> WorkspaceChange:
-    """What the CLI changed in `work_dir` against `base_sha` with the base patches applied: a binary patch of
-    everything changed, added or deleted (untracked files included, .gitignore respected, `spec.exclude` and
-    nested repositories left out), pushed to `spec.push_branch` when set. Raises WorkspaceError when the change
-    cannot be recorded; a failed push only sets `error`.
+    """What the work dir holds now against `base_sha`: a binary patch of everything changed, added or deleted
+    (untracked files included, .gitignore respected, `spec.exclude` and nested repositories left out), pushed to
+    `spec.push_branch` when set. The base patches are part of it: a follow-up's patch is the whole conversation's
+    change, so the latest turn's patch alone, applied on `base_sha`, gives the state it left. Raises
+    WorkspaceError when the change cannot be recorded; a failed push only sets `error`.
 
     Nothing of the CLI's `.git` is read: the index starts from the mirror's base commit in a scratch repository
     whose new objects stay in the scratch dir, so the mirror is never written either."""
@@ -118,8 +119,6 @@ def workspace_change(spec: WorkspaceSpec, work_dir: Path, base_sha: str, *, time
         git.env.update(GIT_DIR=str(repository), GIT_WORK_TREE=str(work_dir), GIT_INDEX_FILE=str(scratch / "index"))
 
         git.run("read-tree", base_sha, what=f"reading the base commit {base_sha[:12]}")
-        for number, patch in enumerate(spec.base_patches, 1):
-            git.run("apply", "--cached", "--binary", "-", stdin=patch, what=f"applying base patch {number}")
         before = git.run("write-tree", what="writing the base tree").decode().strip()
         excluded = [*_exclusions(spec), *_nested_repositories(git, _exclusions(spec))]
         git.run("add", "-A", "--", ".", *(f":(exclude,literal){path}" for path in excluded),

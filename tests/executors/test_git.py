@@ -257,12 +257,13 @@ def test_a_change_bigger_than_the_limit_is_refused_before_it_is_written(origin: 
 # -- base patches (follow-ups) ---------------------------------------------------------------------------------
 
 
-def test_base_patches_are_committed_and_the_next_change_is_recorded_on_top_of_them(origin: Origin,
+def test_base_patches_are_committed_and_the_next_change_is_the_whole_conversations(origin: Origin,
                                                                                    tmp_path: Path) -> None:
     spec = _spec(origin, tmp_path)
     work, base_sha = _prepare(spec, tmp_path, "parent")
     _edit(work)
-    first = workspace_change(spec, work, base_sha, timeout=TIMEOUT).patch
+    first_change = workspace_change(spec, work, base_sha, timeout=TIMEOUT)
+    first = first_change.patch
     parent_tree = tree_of(work, skip=(".git", "debug.log"))
     follow_up = _spec(origin, tmp_path, base_patches=(first,))
 
@@ -278,8 +279,10 @@ def test_base_patches_are_committed_and_the_next_change_is_recorded_on_top_of_th
     (work / "notes.txt").write_text("a\nb\nc\n")
     second = workspace_change(follow_up, work, follow_up_base, timeout=TIMEOUT)
 
-    assert (second.files, second.insertions, second.deletions) == (1, 1, 0)
-    replay = tree_at(origin, base_sha, tmp_path / "replay", patches=(first, second.patch))
+    # Cumulative: the parent's change and this turn's, against the same base commit; applied alone on it, the
+    # latest patch gives the state the conversation left.
+    assert (second.files, second.insertions) == (first_change.files, first_change.insertions + 1)
+    replay = tree_at(origin, base_sha, tmp_path / "replay", patches=(second.patch,))
     assert replay == tree_of(work, skip=(".git",))
 
 
@@ -548,7 +551,7 @@ def test_the_workers_environment_and_global_config_have_no_effect(origin: Origin
     change = workspace_change(spec, work, base_sha, timeout=TIMEOUT)
 
     assert base_sha == origin.commits["second"] and (work / "extra.txt").read_text() == "extra\n"
-    assert change.files == 1 and change.pushed_branch == "pushed" and change.error == ""
+    assert change.files == 2 and change.pushed_branch == "pushed" and change.error == ""  # the base patch too
     assert not marker.exists()
     assert not (tmp_path / "elsewhere.git").exists()
 
