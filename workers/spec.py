@@ -84,7 +84,7 @@ def execution_spec(ctx: RunContext) -> ExecutionSpec:
     )
 
 
-WORK_DIR_INSIDE = "/work"
+WORK_DIR_INSIDE = "/workspace"  # not /work: a box may keep the product itself there
 
 
 def workspace_spec(ctx: RunContext) -> WorkspaceSpec | None:

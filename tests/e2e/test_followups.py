@@ -51,6 +51,6 @@ def test_a_follow_up_resumes_the_session_on_the_parents_account_with_its_work(wo
     assert child_run.resumed_session_id == parent_run.session_id == child_run.session_id
     assert child_run.worker_group_id == parent_run.worker_group_id
     # Both turns saw the same directory path (claude and gemini find sessions by it), not a box's real path.
-    assert first["cwd"] == second["cwd"] == f"/work/{parent.pk}"
+    assert first["cwd"] == second["cwd"] == f"/workspace/{parent.pk}"
     outputs = {f.path: f.read_bytes() for f in TaskFile.objects.filter(run=child_run, direction="output")}
     assert outputs == {"hello.py": b"print(1)\n", "test_hello.py": b"assert 1\n"}  # the parent's work was there

@@ -118,7 +118,7 @@ def test_a_hostile_cli_reaches_no_secret_of_the_worker_other_groups_or_other_ten
                             tenant="other-tenant", source="api")[0]
     wait_until(lambda: Task.objects.get(pk=neighbour.pk).status == "running", message="the neighbour to run")
     var_dir = Path(workers.env()["SCHEDULER_VAR_DIR"])
-    probes = [str(var_dir), str(workers.log_dir / "work"), str(other_state), "/root"]
+    probes = [str(var_dir), str(workers.log_dir / "work"), str(other_state), "/root", "/workspace"]
 
     hostile = _enqueue(fake("snoop", hostile="findings.json", probe=probes, tag="hostile"),
                        worker_group="claude-main", output_files=["findings.json"],
@@ -135,8 +135,9 @@ def test_a_hostile_cli_reaches_no_secret_of_the_worker_other_groups_or_other_ten
     for secret in ("sk-other-group-83", "other-state-secret-61", "neighbour-input-secret-52"):
         assert secret not in findings
     reached = json.loads(findings)["probes"]
-    assert reached.pop(str(workers.log_dir / "work")) == [f"{hostile.pk}-1"]  # its own work dir, no other
-    assert reached == dict.fromkeys([str(var_dir), str(other_state), "/root"])  # unreachable, all of them
+    # Its own work dir, at /workspace/<its conversation>, and no other; the box's real work dirs are not there at all.
+    assert reached.pop("/workspace") == [str(hostile.pk)]
+    assert reached == dict.fromkeys([str(var_dir), str(workers.log_dir / "work"), str(other_state), "/root"])
     assert TaskRun.objects.get(task=hostile).sandbox == "bwrap"
     assert Task.objects.get(pk=neighbour.pk).status == "running"  # it was there to be found, all along
     task_cancel(task_id=neighbour.pk, source="api", actor="test")

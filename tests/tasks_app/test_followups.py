@@ -62,7 +62,7 @@ def test_a_follow_up_resumes_the_parents_session_on_its_account_from_the_state_i
     assert ctx.conversation_id == str(parent.pk)
     spec = execution_spec(ctx)
     assert spec.argv[-2:] == ["--resume", "sess-1"]
-    assert spec.work_dir_inside == f"/work/{parent.pk}"
+    assert spec.work_dir_inside == f"/workspace/{parent.pk}"
     assert TaskRun.objects.get(task=child).resumed_session_id == "sess-1"
 
 
