@@ -4,6 +4,7 @@ start from the change before them, and two runs on one box share the mirror but 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -13,12 +14,15 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from executors.base import WorkspaceSpec
+from executors.git import mirror_path
 from tasks_app.models import Repository, Task, TaskFile, TaskRun
 from tasks_app.services.followups import task_follow_up
 from tasks_app.services.groups import group_create
 from tasks_app.services.tasks import TaskSpec, task_create
 from tests.conftest import WorkerProcesses
 from tests.e2e.test_pipeline import fake, wait_terminal
+from tests.fakes.githttp import GitHttpServer
 
 pytestmark = pytest.mark.e2e
 FAST = {"SCHEDULER_CANCEL_POLL_SECONDS": "0.2"}
@@ -182,3 +186,55 @@ def test_a_run_cut_off_by_a_usage_limit_resumes_its_session_with_its_work_kept(c
     assert second.worker_group_id == first.worker_group_id and second.base_sha == first.base_sha
     checkout = applies_on(origin, second.base_sha, outputs(task)["changes.patch"], tmp_path, "replay")
     assert (checkout / "part1.txt").read_text() == "half done\n"  # the work before the limit was kept
+
+
+TOKEN = "ghp-private-token-4242"
+
+
+def test_a_private_repository_is_fetched_with_its_token_which_the_cli_never_sees(
+        workers: WorkerProcesses, tmp_path: Path) -> None:
+    origin, shas = make_origin(tmp_path)
+    git("config", "http.receivepack", "true", cwd=origin)
+    log = tmp_path / "fake.jsonl"
+    group_create(tool="claude", account="main", env={"FAKE_CLI_LOG": str(log)})
+    workers.start("control", concurrency=1, env=FAST)
+    workers.start("claude-main", concurrency=1, env=FAST)
+    with GitHttpServer(tmp_path, token=TOKEN) as host:
+        # Straight to the table: the services refuse a token over plain http, and this loopback host has no TLS.
+        repository = Repository.objects.create(name="private", url=host.url("origin.git"), push_prefix="sched/")
+        repository.credentials = {"token": TOKEN}
+        repository.save()
+        mirrors = Path(settings.VAR_DIR) / "mirrors"
+        mirror = mirror_path(WorkspaceSpec(url=repository.url, ref="HEAD", mirror_root=mirrors))
+        probes = [str(mirrors), str(mirror), str(mirror / "config")]
+        task, _ = task_create(spec=TaskSpec(
+            tool="claude", prompt=fake("snoop", hostile="findings.json", probe=probes, dump_env="env.json",
+                                       write={"fix.txt": "fixed\n"}),
+            repository="private", output_files=["findings.json", "env.json"]), source="api")
+
+        (task,) = wait_terminal(task.pk, timeout=120)
+
+    assert task.status == "succeeded", workers.logs()
+    run = TaskRun.objects.get(task=task)
+    assert run.base_sha == shas["main"] and run.pushed_branch == f"sched/{task.pk}"
+    assert git("rev-parse", f"refs/heads/sched/{task.pk}", cwd=origin) == run.pushed_sha
+    assert any(authorized for _, _, authorized in host.requests)  # the fetch and the push used the token
+    files = outputs(task)
+    findings = json.loads(files["findings.json"])
+    assert findings["listed"] and "fixed" not in json.dumps(findings["probes"])  # it looked around
+    secret_forms = [TOKEN, base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()]
+    recorded = {
+        "what the CLI could read": files["findings.json"].decode(),
+        "the CLI's environment": files["env.json"].decode(),
+        "the patch": files["changes.patch"].decode(),
+        "the run's argv": json.dumps(run.command),
+        "the run's output": run.stdout + run.stderr + run.error_message,
+        "the task's result": json.dumps(task.result),
+        "the worker logs": workers.logs(tail=None),
+        "the stand-in's log": log.read_text(),
+    }
+    for where, text in recorded.items():
+        assert not any(secret in text for secret in secret_forms), where
+    # Of the box's mirrors only this repository's objects are in the sandbox (read-only): not its config, not others.
+    assert findings["probes"][str(mirrors)] == [mirror.name] and findings["probes"][str(mirror)] == ["objects"]
+    assert findings["probes"][str(mirror / "config")] is None
