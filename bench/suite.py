@@ -6,6 +6,8 @@
   the suite's sizes are smaller than the 1M-row figures there; plans go to a temp dir)
 4 worker footprint (RSS over N jobs, a 200 MB stdout job)  `python -m bench footprint`
 5 fairness (tenant A's backlog, then tenant B)  `python -m bench fairness`
+6 sandbox (a bwrap run's cost)  `python -m bench sandbox`
+7 workspace (a 100 MB repository: first run, later runs, the checkout itself)  `python -m bench workspace`
 
 Each part runs in its own process (its own throwaway database, Redis prefix and workers, all removed when it
 ends). `--quick` scales every N down so the suite takes about 10-12 minutes on a 2-core box; the N used are
@@ -49,6 +51,7 @@ SIZES: dict[str, dict[str, tuple[int, int]]] = {
     "fairness": {"--a-jobs": (10_000, 500), "--b-jobs": (10, 10), "--repeat": (3, 2), "--bare-a-jobs": (200, 100),
                  "--max-wait": (900, 120)},
     "sandbox": {"--runs": (200, 100)},
+    "workspace": {"--mb": (100, 100), "--runs": (5, 3)},
 }
 PIPELINE_TARGET_RATIO = 0.7
 DEEP_TARGET_MS = 10.0
