@@ -25,6 +25,7 @@ class FailureKind(StrEnum):
     UNREACHABLE = "unreachable"  # the CLI could not reach its API (DNS, refused, proxy, TLS)
     STALLED = "stalled"  # no event and no output for the task's idle timeout: killed
     BUDGET_EXCEEDED = "budget_exceeded"  # the task's max_cost_usd or max_turns was crossed: killed, never retried
+    MISSING_OUTPUT = "missing_output"  # a declared output was not produced and the task requires its outputs
     REPOSITORY = "repository"  # the repository could not be fetched, the ref resolved, or the change recorded
 
     @property

@@ -308,6 +308,8 @@ class Task(models.Model):
     model = models.CharField(max_length=120, blank=True, default="")
     prompt = models.TextField()
     output_files = models.JSONField(default=list, blank=True)
+    require_outputs = models.BooleanField(
+        default=True, help_text="A declared output that was not produced fails the task (missing_output).")
     priority = models.PositiveSmallIntegerField(
         default=5, validators=[MinValueValidator(1), MaxValueValidator(9)], help_text="9 is most urgent."
     )
