@@ -187,17 +187,17 @@ def _continuation(task: Task) -> dict[str, Any]:
 
 
 def _resumed_run(task: Task) -> TaskRun | None:
-    """The run whose session this task resumes: its own latest (a retry after a usage limit), else its parent's."""
+    """The run whose session this task resumes: its own latest cut off by a usage limit (a retry resumes it), else
+    its parent's (a follow-up). An own attempt that failed otherwise is not continued: its retry starts again from
+    what the attempt itself started from."""
     if not task.resume_session_id:
         return None
-    for owner in (task.pk, task.parent_id):
-        if owner is None:
-            continue
-        run = (TaskRun.objects.filter(task_id=owner, session_id=task.resume_session_id)
-               .order_by("-attempt").first())
-        if run is not None:
-            return run
-    return None
+    own = (TaskRun.objects.filter(task=task, session_id=task.resume_session_id,
+                                  failure_kind=FailureKind.RATE_LIMITED).order_by("-attempt").first())
+    if own is not None or task.parent_id is None:
+        return own
+    return (TaskRun.objects.filter(task_id=task.parent_id, session_id=task.resume_session_id)
+            .order_by("-attempt").first())
 
 
 def run_heartbeat(*, task_id: Any, lease_token: Any) -> Control:

@@ -194,3 +194,22 @@ def test_the_admin_task_page_shows_the_conversation(groups, admin_client) -> Non
     assert "Conversation" in page and "write hello" in page and "this task" in page
     assert "&lt;b&gt;second&lt;/b&gt; turn" in page and "<b>second</b>" not in page  # prompts are escaped
     assert str(child.pk) in parent_page and "sess-1" in page
+
+
+def test_a_follow_ups_retry_after_a_provider_error_starts_again_from_the_parents_state(groups, settings) -> None:
+    repository = Repository.objects.create(name="api", url="/srv/git/api.git", default_ref="main")
+    parent, _ = task_create(spec=TaskSpec(tool="claude", prompt="fix it"), source="api")
+    Task.objects.filter(pk=parent.pk).update(repository=repository)
+    parent_change = WorkspaceChange(base_sha="b" * 40, patch=b"diff --git a/fix b/fix\n", files=1, insertions=1)
+    _run_once(parent, ExecutionResult(command=["claude"], exit_code=0, session_id="sess-p", change=parent_change,
+                                      outputs=[OutputFile("changes.patch", parent_change.patch)]))
+    child = task_follow_up(task_id=parent.pk, prompt="and a test", source="api")
+    first = _run_once(child, ExecutionResult(command=["claude"], exit_code=1, failure_kind=FailureKind.PROVIDER_ERROR,
+                                             error_message="500", session_id="sess-p"))
+    assert (first.ref, first.base_patches, first.prompt) == ("b" * 40, (parent_change.patch,), "and a test")
+    Task.objects.filter(pk=child.pk).update(next_attempt_at=None)
+
+    second = _lease_and_start(child)
+
+    assert (second.ref, second.base_patches, second.prompt) == ("b" * 40, (parent_change.patch,), "and a test")
+    assert second.resume_session == "sess-p"
