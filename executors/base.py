@@ -93,6 +93,11 @@ class Sandbox:
         return self.mode == "bwrap"
 
 
+# The output file of a run on a repository: the change its checkout holds, as a binary patch against its base
+# commit. A follow-up (or the retry of a run cut off by a usage limit) starts from it.
+CHANGES_PATCH = "changes.patch"
+
+
 @dataclass(frozen=True)
 class WorkspaceSpec:
     """A run on a repository (executors/git.py): the CLI's work dir is a checkout of `ref` from the box's mirror of

@@ -22,6 +22,7 @@ from typing import IO, Any, TypeVar
 
 from executors.adapters import adapter_for
 from executors.base import (
+    CHANGES_PATCH,
     Control,
     EventKind,
     EventSink,
@@ -44,7 +45,6 @@ from executors.streams import MESSAGE_CHARS, SUMMARY_CHARS, LineSplitter, Stream
 logger = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
-CHANGES_PATCH = "changes.patch"  # the output file of a run on a repository: what its CLI changed
 _T = TypeVar("_T")
 
 

@@ -15,6 +15,7 @@ from django.db.models import BooleanField, Count, ExpressionWrapper, F, OuterRef
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
+from executors.base import CHANGES_PATCH
 from tasks_app import budgets
 from tasks_app.budgets import GroupSpend
 from tasks_app.models import (
@@ -99,7 +100,7 @@ def task_conversation_turns(task: Task) -> list[dict[str, Any]]:
     turns = []
     for turn in task_conversation(task):
         run = task_latest_run(task_id=turn.pk)
-        patch = (TaskFile.objects.filter(run=run, direction=TaskFile.Direction.OUTPUT, path="changes.patch")
+        patch = (TaskFile.objects.filter(run=run, direction=TaskFile.Direction.OUTPUT, path=CHANGES_PATCH)
                  .values_list("pk", flat=True).first() if run is not None else None)
         turns.append({
             "id": turn.pk, "status": turn.status, "prompt": turn.prompt, "created_at": turn.created_at,

@@ -12,8 +12,8 @@ from typing import Any
 
 from django.db import transaction
 
+from executors.base import CHANGES_PATCH
 from tasks_app.models import Task, TaskFile, TaskRun
-from tasks_app.services.runs import CHANGES_PATCH
 from tasks_app.services.tasks import InputFile, TaskSpec, task_create
 from tasks_app.transitions import TaskStateError, task_lock
 

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from executors.base import (
     ACCOUNT_FAILURES,
+    CHANGES_PATCH,
     RETRYABLE_FAILURES,
     Control,
     EventKind,
@@ -82,11 +83,6 @@ class RunContext:
     conversation_id: str = ""  # the first task of the chain of follow-ups: names the work dir the CLI sees
     setup_error: str = ""  # why this attempt cannot be set up (it fails without starting the CLI)
     chained_dirs: tuple[str, ...] = ()  # parents' ids: their outputs arrive under these dirs (chains)
-
-
-# The patch of what a run on a repository changed: an output file of the run, and what a follow-up (or the
-# retry of a run cut off by a usage limit) starts from.
-CHANGES_PATCH = "changes.patch"
 
 
 def run_start(*, task_id: Any, lease_token: Any, worker: str, celery_task_id: str = "",
