@@ -160,6 +160,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Our date formats (ISO, with seconds) before the locale's: locale formats win over DATETIME_FORMAT & co.
+FORMAT_MODULE_PATH = ["scheduler_site.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"

@@ -10,6 +10,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
 from django.utils import timezone
+from django.utils.html import escape
 
 from tasks_app import timing
 from tasks_app.crypto import CredentialsUnreadable
@@ -73,6 +74,8 @@ class WorkerGroupForm(forms.ModelForm):
         fields = ["tool", "account", "max_concurrent", "enabled", "env", "allow_dangerous_flags",
                   "extra_args", "daily_budget_usd", "monthly_budget_usd"]
         labels = {"daily_budget_usd": "Daily budget (USD)", "monthly_budget_usd": "Monthly budget (USD)"}
+        # The admin renders help texts as HTML: the model's "<tool>-<account>" would be read as two tags.
+        help_texts = {"name": escape(WorkerGroup._meta.get_field("name").help_text)}
 
     user: Any = None  # the acting staff user: the admin sets it (WorkerGroupAdmin.get_form)
 

@@ -1,5 +1,6 @@
-"""Tasks: view-only pages with their runs, files and events inline; cancel and retry through the services;
-the live-output endpoint behind the task page's panel and the file download."""
+"""Tasks: view-only pages with their runs, files and events inline; cancel, retry and re-queue now through the
+services (list actions, and buttons on the task page); the live endpoints behind the task page's panels and the
+file download."""
 
 from __future__ import annotations
 
@@ -9,20 +10,24 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404, redirect
 from django.urls import URLPattern, path
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import content_disposition_header
 from django.utils.safestring import SafeString
+from django.views.decorators.http import require_POST
 
 from tasks_app import selectors
 from tasks_app.admin.common import ReadOnlyAdminMixin, _download_link, _pre, _report, _task_link
+from tasks_app.admin.task_page import task_header
 from tasks_app.logstream import timeline_dict
 from tasks_app.models import FAILURE_KIND_CHOICES, EventSource, Task, TaskEvent, TaskFile, TaskRun, TaskStatus
 from tasks_app.presenters import diff_stat_text
-from tasks_app.services.tasks import TaskStateError, task_cancel, task_retry
+from tasks_app.services.tasks import TaskStateError, task_cancel, task_requeue_now, task_retry
 from tasks_app.transitions import InvalidTransition
 
 
@@ -121,8 +126,10 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     # Tasks are created by API, CLI, schedules and intake, and edited only through services.
     """View-only: status and lifecycle fields change only through the services (the actions below)."""
 
-    list_display = ("short_id", "tool", "status", "priority", "tenant", "worker_group", "schedule", "attempts",
-                    "created_at", "finished_at", "prompt_excerpt")
+    # What a person scans for comes first (the prompt, when it finished): at 1366 px, with the filters beside it,
+    # the last columns may scroll out of view.
+    list_display = ("short_id", "status", "tool", "prompt_excerpt", "finished_at", "created_at", "attempts",
+                    "worker_group", "priority", "tenant", "schedule")
     list_filter = ("status", "tool", "worker_group", "tenant", "schedule", FailureKindFilter, "created_at")
     search_fields = ("id", "prompt", "idempotency_key", "created_by")
     list_select_related = ("worker_group", "schedule", "repository")
@@ -130,24 +137,33 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     date_hierarchy = "created_at"
     actions = ("cancel_tasks", "retry_tasks")
     inlines = (TaskRunInline, TaskFileInline, TaskEventInline)
-    change_form_template = "admin/tasks_app/task/change_form.html"  # adds the live output panel
+    # The page (its template): a header with the state and the buttons, the outcome or the live panels, the runs,
+    # files and events; then these, folded, below them.
+    change_form_template = "admin/tasks_app/task/change_form.html"
+    change_list_template = "admin/tasks_app/task/change_list.html"
     fieldsets = (
-        (None, {"fields": ("id", "status", "tool", "model", "tenant", "created_by", "schedule", "repository", "ref",
-                           "prompt_block")}),
-        ("Scheduling", {"fields": ("priority", "scheduled_at", "worker_group", "worker_group_pinned",
-                                   "timeout_seconds", "idempotency_key", "output_files")}),
-        ("Lifecycle", {"fields": ("attempt", "max_attempts", "attempt_base", "next_attempt_at", "started_at",
+        ("Task", {"classes": ("collapse",),
+                  "fields": ("id", "status", "tool", "model", "tenant", "created_by", "schedule", "repository", "ref",
+                             "prompt_block")}),
+        ("Scheduling", {"classes": ("collapse",),
+                        "fields": ("priority", "scheduled_at", "worker_group", "worker_group_pinned",
+                                   "timeout_seconds", "idempotency_key", "output_files", "require_outputs")}),
+        ("Limits", {"classes": ("collapse",), "fields": ("max_cost_usd", "max_turns", "idle_timeout_seconds")}),
+        ("Lifecycle", {"classes": ("collapse",),
+                       "fields": ("attempt", "max_attempts", "attempt_base", "next_attempt_at", "started_at",
                                   "finished_at", "lease_expires_at", "cancel_requested_at", "created_at",
                                   "updated_at")}),
-        ("Chain", {"fields": ("depends_on_links", "waiting_on_links", "dependents_links")}),
-        ("Conversation", {"fields": ("resume_session_id", "conversation_turns", "follow_up_links")}),
-        ("Outcome", {"fields": ("error_message", "result", "metadata")}),
+        ("Chain", {"classes": ("collapse",), "fields": ("depends_on_links", "waiting_on_links", "dependents_links")}),
+        ("Conversation", {"classes": ("collapse",),
+                          "fields": ("resume_session_id", "conversation_turns", "follow_up_links")}),
+        ("Outcome", {"classes": ("collapse",), "fields": ("error_message", "result", "metadata")}),
     )
     readonly_fields = ("id", "status", "tool", "model", "tenant", "created_by", "schedule", "repository", "ref",
                        "prompt_block",
                        "priority",
                        "scheduled_at", "worker_group", "worker_group_pinned", "timeout_seconds",
-                       "idempotency_key", "output_files", "attempt", "max_attempts", "attempt_base",
+                       "idempotency_key", "output_files", "require_outputs", "max_cost_usd", "max_turns",
+                       "idle_timeout_seconds", "attempt", "max_attempts", "attempt_base",
                        "next_attempt_at", "started_at", "finished_at", "lease_expires_at",
                        "cancel_requested_at", "created_at", "updated_at", "error_message", "result",
                        "metadata", "depends_on_links", "waiting_on_links", "dependents_links",
@@ -169,8 +185,52 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             self.admin_site.admin_view(self.live_timeline_view),
             name="tasks_app_task_live_timeline",
         )
+        operations = [
+            path(f"<uuid:task_id>/{name}/", self.admin_site.admin_view(require_POST(view)),
+                 name=f"tasks_app_task_{name.replace('-', '_')}")
+            for name, view in (("cancel", self.cancel_view), ("retry", self.retry_view),
+                               ("requeue-now", self.requeue_now_view))
+        ]
         # Before the defaults: their "<path:object_id>/" pattern would swallow these URLs.
-        return [download, live_log, live_timeline, *super().get_urls()]
+        return [download, live_log, live_timeline, *operations, *super().get_urls()]
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        task = self.get_object(request, object_id)
+        if task is not None:
+            runs = list(selectors.task_runs(task_id=task.pk))
+            header = task_header(task, runs=runs, now=timezone.now(),
+                                 may_operate=self.has_operate_permission(request))
+            extra_context = {**(extra_context or {}), "header": header}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def _operate_one(self, request: HttpRequest, task_id: Any, service: Callable[..., Task],
+                     done: Callable[[Task], tuple[str, int]]) -> HttpResponseRedirect:
+        """A button of the task page: the service with the operator recorded, then back to the page with what
+        happened (or why nothing did). The admin's view wrapper checks the CSRF token."""
+        task = get_object_or_404(Task, pk=task_id)
+        if not (self.has_view_permission(request, task) and self.has_operate_permission(request)):
+            raise PermissionDenied
+        outcome = self._operate(request, Task.objects.filter(pk=task.pk), service)
+        _, changed, error = outcome[0]
+        if changed is None:
+            self.message_user(request, error, messages.WARNING)
+        else:
+            self.message_user(request, *done(changed))
+        return redirect("admin:tasks_app_task_change", task.pk)
+
+    def cancel_view(self, request: HttpRequest, task_id: Any) -> HttpResponseRedirect:
+        return self._operate_one(request, task_id, task_cancel, lambda task: (
+            ("Canceled.", messages.SUCCESS) if task.status == TaskStatus.CANCELED
+            else ("Cancel requested: the worker stops the run within seconds.", messages.INFO)))
+
+    def retry_view(self, request: HttpRequest, task_id: Any) -> HttpResponseRedirect:
+        return self._operate_one(request, task_id, task_retry,
+                                 lambda task: ("Re-queued with a fresh attempt budget.", messages.SUCCESS))
+
+    def requeue_now_view(self, request: HttpRequest, task_id: Any) -> HttpResponseRedirect:
+        return self._operate_one(request, task_id, task_requeue_now,
+                                 lambda task: ("Re-queued now: it starts when a slot is free.", messages.SUCCESS))
 
     def _latest_run_after(self, request: HttpRequest, task_id: Any) -> tuple[Task, Any, int]:
         """The task (404 unless this user may view it), its latest run, and `?after=SEQ` (0 when absent or odd)."""
@@ -216,7 +276,7 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         return response
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
-        """Cancel and retry: for staff who may change tasks (the form itself stays read-only)."""
+        """Cancel, retry, re-queue now: for staff who may change tasks (the form itself stays read-only)."""
         return request.user.has_perm("tasks_app.change_task")
 
     @admin.display(description="id", ordering="id")

@@ -1,4 +1,4 @@
-"""Task writes: create, cancel, retry (status moves go through `tasks_app.transitions`)."""
+"""Task writes: create, cancel, retry, re-queue now (status moves go through `tasks_app.transitions`)."""
 
 from __future__ import annotations
 
@@ -471,6 +471,29 @@ def task_retry(*, task_id: Any, source: str, actor: str = "", reason: str = "") 
         )
         if not pending:
             enqueue_dispatch()
+    return task
+
+
+def task_requeue_now(*, task_id: Any, source: str, actor: str = "", reason: str = "") -> Task:
+    """A queued task waiting for its retry backoff (`next_attempt_at`) or its `scheduled_at`: due now, and a
+    dispatch pass asked for after commit. Not a status change, so an event without one records who did it and
+    which times were cleared. A task waiting on its chain's parents still waits for them."""
+    with transaction.atomic():
+        task = _locked(task_id)
+        if task.status != TaskStatus.QUEUED:
+            raise TaskStateError(f"task {task.pk} is {task.status}; only queued tasks can be re-queued now")
+        cleared: dict[str, str] = {}
+        if task.next_attempt_at is not None:
+            cleared["next_attempt_at"] = task.next_attempt_at.isoformat()
+            task.next_attempt_at = None
+        if task.scheduled_at is not None and task.scheduled_at > timezone.now():
+            cleared["scheduled_at"] = task.scheduled_at.isoformat()  # the old time stays in the event
+            task.scheduled_at = None
+        task.save(update_fields=["next_attempt_at", "scheduled_at", "updated_at"])
+        task_event_add(task=task, source=source, actor=actor,
+                       reason=f"re-queued now: {reason or f'by {actor or source}'}",
+                       data={"requeue_now": True, "cleared": cleared})
+        enqueue_dispatch()
     return task
 
 
