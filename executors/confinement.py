@@ -10,7 +10,7 @@ import errno
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from executors.base import OutputFile
@@ -158,6 +158,27 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
+def is_glob(pattern: str) -> bool:
+    return bool(_GLOB_CHARS & set(pattern))
+
+
+def missing_outputs(patterns: list[str], collected: Iterable[str]) -> list[str]:
+    """The declared outputs nothing was collected for: a plain path that is not among `collected`, a glob that
+    matched none of them. A file the run wrote but that was refused (a symlink, over a size limit) counts as
+    missing too: what the task asked for is not there."""
+    paths = set(collected)
+    missing = []
+    for pattern in patterns:
+        if is_glob(pattern):
+            regex = glob_regex(pattern)
+            found = any(regex.match(path) for path in paths)
+        else:
+            found = pattern in paths
+        if not found:
+            missing.append(pattern)
+    return missing
+
+
 def glob_files(root: Root, pattern: str) -> tuple[list[str], bool]:
     """Files under `root` matching `pattern`, walking by descriptors without following symlinks (a CLI may leave
     `a -> .` loops behind) and skipping hidden entries, as glob does. Bounded in entries walked and matches."""
@@ -216,7 +237,7 @@ def _collect(root_fd: int, patterns: list[str], *, max_bytes: int,
     seen: set[str] = set()
     total = 0
     for pattern in patterns:
-        if _GLOB_CHARS & set(pattern):
+        if is_glob(pattern):
             matches, truncated = glob_files(root_fd, pattern)
             if truncated:
                 errors.append(f"pattern {pattern!r} matched more than {MAX_GLOB_MATCHES} files; the rest were skipped")

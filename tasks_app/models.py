@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -139,9 +140,14 @@ class WorkerGroup(models.Model):
             return "no_worker"
         if self.over_budget:
             return "over_budget"
-        if self.rate_limited_until is not None and self.rate_limited_until > timezone.now():
+        if self.rate_limited:
             return "rate_limited"
         return "ok"
+
+    @property
+    def rate_limited(self) -> bool:
+        """A rate limit in force now; `rate_limited_until` stays set, in the past, once it has expired."""
+        return self.rate_limited_until is not None and self.rate_limited_until > timezone.now()
 
 
 GROUP_HEALTH = ["ok", "paused", "rate_limited", "quarantined", "over_budget", "no_worker"]
@@ -259,6 +265,14 @@ class Schedule(models.Model):
     def kind(self) -> str:
         return "cron" if self.cron else "interval" if self.interval_seconds else "once"
 
+    @property
+    def state(self) -> str:
+        """`active` (fires at next_run_at), `paused` (its next_run_at is stale: resuming computes the next slot
+        from then) or `finished` (nothing left to fire: a one-off that has fired or whose time has passed)."""
+        if self.next_run_at is None:
+            return "finished"
+        return "active" if self.enabled else "paused"
+
 
 class Repository(models.Model):
     """A git repository tasks run on (SPEC §8). The worker keeps a bare mirror of it per box and gives each run a
@@ -298,6 +312,10 @@ class Repository(models.Model):
     @property
     def credential_names(self) -> list[str]:
         return sorted(self.credentials)
+
+
+# How the output collector says a declared path was not there (executors.confinement).
+_NOT_PRODUCED = re.compile(r"""declared output (['"])(?P<path>.*)\1 was not produced""")
 
 
 class Task(models.Model):
@@ -400,8 +418,25 @@ class Task(models.Model):
         return self.status in TERMINAL_STATUSES
 
     @property
+    def attempts_in_budget(self) -> int:
+        """Attempts charged to the current budget (`attempt` counts every run, earlier budgets included)."""
+        return self.attempt - self.attempt_base
+
+    @property
     def attempts_left(self) -> int:
-        return self.max_attempts - (self.attempt - self.attempt_base)
+        return self.max_attempts - self.attempts_in_budget
+
+    @property
+    def missing_outputs(self) -> list[str]:
+        """Declared outputs the finished task's last run did not deliver (`run_finish` records them). Only once it
+        has finished: a re-queued task keeps its previous result until its next run ends."""
+        if not self.is_terminal or not isinstance(self.result, dict):
+            return []
+        if "missing_outputs" in self.result:
+            return [str(path) for path in self.result["missing_outputs"] or []]
+        # Finished before the key existed: the collector's sentences name the plain paths it did not find.
+        return [match["path"] for error in self.result.get("output_errors") or []
+                if (match := _NOT_PRODUCED.search(str(error)))]
 
 
 class ScheduleFiring(models.Model):

@@ -28,8 +28,13 @@ def task_dict(task: Task, *, detail: bool = False) -> dict[str, Any]:
         "worker_group": task.worker_group.name if task.worker_group_id else None,
         "repository": task.repository.name if task.repository_id else None,
         "ref": task.ref,
-        "attempt": task.attempt,
+        "attempt": task.attempt,  # runs in all, earlier attempt budgets included
+        "attempts_in_budget": task.attempts_in_budget,  # of max_attempts (an explicit retry starts a new budget)
         "max_attempts": task.max_attempts,
+        "schedule": task.schedule.name if task.schedule_id else None,
+        "prompt_excerpt": excerpt(task.prompt),
+        "require_outputs": task.require_outputs,
+        "missing_outputs": task.missing_outputs,
         "scheduled_at": _iso(task.scheduled_at),
         "next_attempt_at": _iso(task.next_attempt_at),
         "timeout_seconds": task.timeout_seconds,
@@ -62,6 +67,12 @@ def task_dict(task: Task, *, detail: bool = False) -> dict[str, Any]:
                           for turn in selectors.task_conversation_turns(task)],
         )
     return data
+
+
+def excerpt(text: str, width: int = 60) -> str:
+    """The start of a text on one line, for tables."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def run_dict(run: TaskRun, *, with_output: bool = False) -> dict[str, Any]:
@@ -135,7 +146,8 @@ def group_dict(group: WorkerGroup) -> dict[str, Any]:
         "health": group.health,
         "live_workers": group.live_workers,
         "worker_command": worker_command(group),
-        "rate_limited_until": _iso(group.rate_limited_until),
+        "rate_limited_until": _iso(group.rate_limited_until),  # may be past: see rate_limited
+        "rate_limited": group.rate_limited,
         "quarantined_at": _iso(group.quarantined_at),
         "quarantine_reason": group.quarantine_reason,
         "credentials": group.credential_names,  # names only, never values
@@ -207,6 +219,7 @@ def schedule_dict(schedule: Schedule) -> dict[str, Any]:
         "run_at": _iso(schedule.run_at),
         "overlap_policy": schedule.overlap_policy,
         "enabled": schedule.enabled,
+        "state": schedule.state,
         "tool": schedule.tool,
         "model": schedule.model,
         "prompt": schedule.prompt,

@@ -41,7 +41,7 @@ from tasks_app.models import (
 
 def task_list(*, tenant: str | None = None, status: str | None = None, tool: str | None = None,
               worker_group: str | None = None) -> QuerySet[Task]:
-    qs = Task.objects.select_related("worker_group", "repository").order_by("-created_at")
+    qs = Task.objects.select_related("worker_group", "repository", "schedule").order_by("-created_at")
     if tenant is not None:
         qs = qs.filter(tenant=tenant)
     if status:
@@ -55,7 +55,7 @@ def task_list(*, tenant: str | None = None, status: str | None = None, tool: str
 
 def task_get(*, task_id: Any, tenant: str | None = None) -> Task | None:
     """By full UUID, or by a unique prefix of at least 6 hex digits (what people copy from tables)."""
-    qs = Task.objects.select_related("worker_group", "repository")
+    qs = Task.objects.select_related("worker_group", "repository", "schedule")
     if tenant is not None:
         qs = qs.filter(tenant=tenant)
     text = str(task_id).strip().lower().replace("-", "")

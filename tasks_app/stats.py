@@ -57,6 +57,12 @@ class GroupLoad:
     def utilisation_percent(self) -> float:
         return 100 * self.running / self.max_concurrent
 
+    @property
+    def load_text(self) -> str:
+        """The load as a person reads it. With no live worker nothing runs, whatever its slots say (a lease of a
+        worker that died holds one until it expires): "no worker", never a percentage."""
+        return f"{self.utilisation_percent:.0f}%" if self.live_workers else "no worker"
+
 
 @dataclass(frozen=True)
 class ToolHealth:

@@ -34,7 +34,8 @@ def dashboard_view(request: HttpRequest) -> TemplateResponse:
         "status": svg.bar_chart(data.status_counts, title="Tasks by status"),
         "groups": svg.stacked_bar(
             [(group.name, (group.running, max(group.max_concurrent - group.running, 0)),
-              f"{group.running}/{group.max_concurrent}") for group in data.groups],
+              f"{group.running}/{group.max_concurrent}" if group.live_workers else "no worker")
+             for group in data.groups],
             series=("running", "free"), title="Running vs max_concurrent per group"),
         "success": svg.bar_chart([(tool.tool, tool.success_percent) for tool in data.tools if tool.finished],
                                  title="Success rate per tool, last 24 h", maximum=100,

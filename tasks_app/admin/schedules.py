@@ -63,7 +63,7 @@ class ScheduleAdmin(admin.ModelAdmin):
     validated, so the change view must not also depend on inline formsets posted with it."""
 
     form = ScheduleForm
-    list_display = ("name", "tenant", "tool", "timing_summary", "enabled", "overlap_policy", "next_run_local",
+    list_display = ("name", "tenant", "tool", "timing_summary", "state", "overlap_policy", "next_run_local",
                     "next_run_utc", "last_fired_at", "spawned_count")
     list_filter = ("enabled", "tool", "tenant", "overlap_policy")
     search_fields = ("name", "prompt")
@@ -130,18 +130,18 @@ class ScheduleAdmin(admin.ModelAdmin):
     def timing_summary(self, schedule: Schedule) -> str:
         return _timing_summary(schedule)
 
+    @admin.display(description="state", ordering="enabled")
+    def state(self, schedule: Schedule) -> str:
+        return schedule.state
+
     # A paused schedule keeps its stale next_run_at (resuming recomputes it), so it is not shown as upcoming.
     @admin.display(description="next run (schedule's zone)", ordering="next_run_at")
     def next_run_local(self, schedule: Schedule) -> str:
-        if schedule.next_run_at is not None and not schedule.enabled:
-            return "paused"
-        return _in_zone(schedule.next_run_at, schedule.timezone)
+        return "paused" if schedule.state == "paused" else _in_zone(schedule.next_run_at, schedule.timezone)
 
     @admin.display(description="next run (UTC)", ordering="next_run_at")
     def next_run_utc(self, schedule: Schedule) -> str:
-        if schedule.next_run_at is not None and not schedule.enabled:
-            return "paused"
-        return _in_zone(schedule.next_run_at, "UTC")
+        return "paused" if schedule.state == "paused" else _in_zone(schedule.next_run_at, "UTC")
 
     @admin.display(description="next run")
     def next_run(self, schedule: Schedule) -> str:

@@ -127,9 +127,10 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """View-only: status and lifecycle fields change only through the services (the actions below)."""
 
     # What a person scans for comes first (the prompt, when it finished): at 1366 px, with the filters beside it,
-    # the last columns may scroll out of view.
-    list_display = ("short_id", "status", "tool", "prompt_excerpt", "finished_at", "created_at", "attempts",
-                    "worker_group", "priority", "tenant", "schedule")
+    # the last columns may scroll out of view. A task that finished without some declared outputs says so by its
+    # status.
+    list_display = ("short_id", "status", "missing_outputs", "tool", "prompt_excerpt", "finished_at", "created_at",
+                    "attempts", "worker_group", "priority", "tenant", "schedule")
     list_filter = ("status", "tool", "worker_group", "tenant", "schedule", FailureKindFilter, "created_at")
     search_fields = ("id", "prompt", "idempotency_key", "created_by")
     list_select_related = ("worker_group", "schedule", "repository")
@@ -286,6 +287,11 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="attempts")
     def attempts(self, task: Task) -> str:
         return f"{task.attempt - task.attempt_base}/{task.max_attempts}"
+
+    @admin.display(description="missing outputs")
+    def missing_outputs(self, task: Task) -> str:
+        """Declared outputs the finished task did not deliver: a succeeded task may lack some (require_outputs off)."""
+        return ", ".join(task.missing_outputs) or "-"
 
     @admin.display(description="prompt")
     def prompt_excerpt(self, task: Task) -> str:

@@ -208,6 +208,10 @@ class TaskCreateSerializer(StrictSerializer):
                                  help_text="Run in a checkout of this repository of your tenant (its name).")
     ref = StrictCharField(required=False, allow_blank=True, default="", max_length=255, trim_whitespace=False,
                           help_text="Branch, tag or commit of the repository; empty: its default_ref.")
+    require_outputs = StrictBooleanField(
+        required=False, default=True,
+        help_text="A declared output the run did not deliver (a path not written, a glob that matched nothing) "
+                  "fails the task (missing_output). false: it succeeds, with missing_outputs listing them.")
 
     def to_spec(self) -> TaskSpec:
         data = self.validated_data
@@ -222,7 +226,7 @@ class TaskCreateSerializer(StrictSerializer):
             idempotency_key=data["idempotency_key"], worker_group=data["worker_group"],
             metadata=dict(data["metadata"]), max_cost_usd=data["max_cost_usd"], max_turns=data["max_turns"],
             idle_timeout_seconds=data["idle_timeout_seconds"], depends_on=list(data["depends_on"]),
-            repository=data["repository"], ref=data["ref"],
+            repository=data["repository"], ref=data["ref"], require_outputs=data["require_outputs"],
         )
 
 
@@ -309,13 +313,19 @@ class TaskSerializer(serializers.ModelSerializer):
     worker_group = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     repository = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     max_cost_usd = serializers.FloatField(read_only=True, allow_null=True)
+    attempts_in_budget = serializers.IntegerField(
+        read_only=True, help_text="Attempts charged to the current budget (of max_attempts); `attempt` counts every "
+                                  "run, those before an explicit retry included.")
+    missing_outputs = serializers.ListField(
+        child=serializers.CharField(), read_only=True,
+        help_text="Once finished: the declared outputs its last run did not deliver (empty: none missing).")
 
     class Meta:
         model = Task
         fields = [
             "id", "tenant", "created_by", "tool", "model", "prompt", "output_files", "priority", "status",
-            "scheduled_at", "worker_group", "repository", "ref", "attempt", "max_attempts", "next_attempt_at",
-            "timeout_seconds",
+            "scheduled_at", "worker_group", "repository", "ref", "attempt", "attempts_in_budget", "max_attempts",
+            "next_attempt_at", "timeout_seconds", "require_outputs", "missing_outputs",
             "idle_timeout_seconds", "max_cost_usd", "max_turns", "idempotency_key", "result", "error_message",
             "started_at", "finished_at", "metadata", "created_at",
             "updated_at",
@@ -399,6 +409,8 @@ class WorkerGroupSerializer(StrictModelSerializer):
     running = serializers.IntegerField(read_only=True, required=False)
     queued = serializers.IntegerField(read_only=True, required=False)
     health = serializers.ChoiceField(choices=GROUP_HEALTH, read_only=True)
+    rate_limited = serializers.BooleanField(
+        read_only=True, help_text="A rate limit is in force now (rate_limited_until stays set once it has passed).")
     live_workers = serializers.IntegerField(read_only=True, help_text="Live workers consuming the group's queue.")
     worker_command = serializers.SerializerMethodField(help_text="Starts a worker for this group on a box.")
     # Budgets: the rules (>= 0, cents) are the service's, shared with schedulerctl and the admin; null: no budget.
@@ -418,7 +430,8 @@ class WorkerGroupSerializer(StrictModelSerializer):
         model = WorkerGroup
         fields = [
             "name", "tool", "account", "max_concurrent", "enabled", "credentials", "credential_names", "env",
-            "allow_dangerous_flags", "extra_args", "health", "live_workers", "worker_command", "rate_limited_until",
+            "allow_dangerous_flags", "extra_args", "health", "live_workers", "worker_command", "rate_limited",
+            "rate_limited_until",
             "quarantined_at", "quarantine_reason", "running", "queued", "daily_budget_usd", "monthly_budget_usd",
             "spend_today_usd", "spend_month_usd", "created_at", "updated_at",
         ]
@@ -541,12 +554,16 @@ class ScheduleSerializer(serializers.ModelSerializer):
     worker_group = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     input_files = serializers.SerializerMethodField()
     next_run_at_local = serializers.SerializerMethodField()
+    state = serializers.ChoiceField(
+        choices=["active", "paused", "finished"], read_only=True,
+        help_text="paused: next_run_at is stale (resuming computes the next slot from then); finished: nothing "
+                  "left to fire.")
 
     class Meta:
         model = Schedule
         fields = [
             "id", "name", "tenant", "created_by", "cron", "timezone", "interval_seconds", "run_at", "overlap_policy",
-            "enabled", "tool", "model", "prompt", "input_files", "output_files", "priority", "max_attempts",
+            "enabled", "state", "tool", "model", "prompt", "input_files", "output_files", "priority", "max_attempts",
             "timeout_seconds", "worker_group", "next_run_at", "next_run_at_local", "last_fired_at", "created_at",
             "updated_at",
         ]

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import logging.config
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -40,8 +43,25 @@ def _validation_message(exc: Any) -> str:
     return "; ".join(parts)
 
 
-def run(argv: list[str]) -> int:
-    """Parse and run; every failure becomes one line on stderr and a non-zero exit code."""
+def configure_logging(verbosity: int) -> None:
+    """Log lines for a person at a terminal: WARNING and above (`-v` INFO, `-vv` DEBUG), plain, on stderr. The
+    settings' LOGGING is for the services (JSON lines at INFO for a collector); under it every `ask` would print the
+    HTTP client's "HTTP Request: POST …" line. This process only: the services keep theirs."""
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.config.dictConfig({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "plain"}},
+        "root": {"handlers": ["stderr"], "level": level},
+        # Django's loggers carry their own handlers and levels (DEFAULT_LOGGING): send them through the one above.
+        "loggers": {"django": {"handlers": [], "level": logging.NOTSET, "propagate": True}},
+    })
+
+
+def run(argv: list[str], *, own_process: bool = False) -> int:
+    """Parse and run; every failure becomes one line on stderr and a non-zero exit code. `own_process`: the
+    command line is this process (the entry points), so its logging is the command line's (`configure_logging`)."""
     from django.core.exceptions import ValidationError
 
     from tasks_app.audit import acting, command_line_actor
@@ -52,6 +72,8 @@ def run(argv: list[str]) -> int:
 
     try:
         args = build_parser().parse_args(argv)
+        if own_process:
+            configure_logging(args.verbose)
         with acting(EventSource.CLI, command_line_actor()):
             return _command(args.command)(args)
     except CommandError as exc:
@@ -72,4 +94,18 @@ def main(argv: list[str] | None = None) -> None:
     import django
 
     django.setup()
-    sys.exit(run(sys.argv[1:] if argv is None else argv))
+    sys.exit(run_and_exit_quietly_on_a_closed_pipe(sys.argv[1:] if argv is None else argv))
+
+
+def run_and_exit_quietly_on_a_closed_pipe(argv: list[str]) -> int:
+    """`run`, as the process. A reader that stops early (`schedulerctl list --json | head -1`) is not an error worth
+    a traceback: stop quietly with the status of a process ended by SIGPIPE, as other command-line tools do."""
+    try:
+        code = run(argv, own_process=True)
+        sys.stdout.flush()  # output that fit in the buffer meets the closed pipe here
+    except BrokenPipeError:
+        # Python's flush of stdout at exit would fail again: point the descriptor at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 128 + signal.SIGPIPE
+    return code

@@ -33,6 +33,7 @@ def _from_env(keys: list[str]) -> dict[str, str]:
 
 def cmd_groups(args: argparse.Namespace) -> int:
     if args.action == "list":
+        # rate_limited_until stays set once it has passed: the column shows only a limit in force now.
         data = [group_dict(g) for g in selectors.groups_attach_live_workers(selectors.group_list())]
         emit(args, data, lambda rows: table(
             ["name", "tool", "health", "workers", "running", "queued", "cap", "today $ / budget",
@@ -40,7 +41,7 @@ def cmd_groups(args: argparse.Namespace) -> int:
             [[r["name"], r["tool"], r["health"], r["live_workers"], r["running"], r["queued"], r["max_concurrent"],
               _spend(r["spend_today_usd"], r["daily_budget_usd"]),
               _spend(r["spend_month_usd"], r["monthly_budget_usd"]),
-              r["rate_limited_until"], ", ".join(r["credentials"])] for r in rows],
+              r["rate_limited_until"] if r["rate_limited"] else "", ", ".join(r["credentials"])] for r in rows],
         ))
         return 0
     if args.action in ("pause", "resume"):

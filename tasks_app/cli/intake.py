@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from tasks_app.cli.output import table, timing_text
+from tasks_app.cli.output import next_run_text, table, timing_text
 from tasks_app.cli.parser import EXIT_NOT_FOUND, CommandError
 from tasks_app.presenters import schedule_dict, task_dict
 from tasks_app.services.intake import IntakeError, intake_confirm, intake_propose
@@ -44,7 +44,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(f"created task {data['task']['id']} ({data['task']['tool']}): {data['task']['status']}")
     elif data["schedule"]:
         d = data["schedule"]
-        print(f"created schedule {d['id']} {d['name']!r}: {timing_text(d)}, next run {d['next_run_at_local']}")
+        print(f"created schedule {d['id']} {d['name']!r}: {timing_text(d)}, next run {next_run_text(d)}")
     elif proposal["kind"] == "none":
         print(f"nothing to run: {proposal['reason']}")
     return 0

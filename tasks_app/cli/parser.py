@@ -30,11 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--tenant", default=os.environ.get("SCHEDULER_TENANT", "default"))
     parser.add_argument("--actor", default=os.environ.get("USER", "cli"))
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log lines on stderr: -v INFO, -vv DEBUG (default: warnings and errors only)")
     # The global options are accepted after the subcommand too (`schedulerctl enqueue … --json`).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     common.add_argument("--tenant", default=argparse.SUPPRESS)
     common.add_argument("--actor", default=argparse.SUPPRESS)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser = _with_parents(sub.add_parser, common)  # type: ignore[method-assign]
 
@@ -44,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="")
     p.add_argument("--priority", type=int, default=5)
     p.add_argument("--input", action="append", default=[], metavar="LOCAL[:REMOTE]")
-    p.add_argument("--output", action="append", default=[], metavar="PATH")
+    p.add_argument("--output", action="append", default=[], metavar="PATH",
+                   help="a file (or glob) to collect; one not delivered fails the task (see --allow-missing-outputs)")
+    p.add_argument("--allow-missing-outputs", action="store_true",
+                   help="succeed even if an --output was not produced (the task is marked with what is missing)")
     p.add_argument("--group")
     p.add_argument("--idempotency-key")
     p.add_argument("--at", help="not before: ISO 8601 time, or +30s / +10m / +2h")

@@ -17,8 +17,8 @@ from tasks_app import logstream, selectors
 from tasks_app.cli.output import emit, short_id, table
 from tasks_app.cli.parser import EXIT_NOT_FOUND, EXIT_WAIT_FAILED, CommandError, parse_time
 from tasks_app.cli.repositories import with_options
-from tasks_app.models import TERMINAL_STATUSES, EventSource, Task, TaskStatus
-from tasks_app.presenters import diff_stat_text, file_dict, run_dict, task_dict
+from tasks_app.models import TERMINAL_STATUSES, EventSource, Task, TaskStatus, Tool
+from tasks_app.presenters import diff_stat_text, excerpt, file_dict, run_dict, task_dict
 from tasks_app.services.followups import task_follow_up
 from tasks_app.services.tasks import InputFile, TaskSpec, task_cancel, task_create, task_retry
 from tasks_app.validation import relative_path
@@ -58,6 +58,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         worker_group=args.group, max_cost_usd=args.max_cost, max_turns=args.max_turns,
         idle_timeout_seconds=args.idle_timeout, repository=args.repo, ref=args.ref,
         depends_on=[_task_id(value, tenant=args.tenant) for value in args.after],
+        require_outputs=not args.allow_missing_outputs,
     )
     try:
         task, created = task_create(spec=spec, tenant=args.tenant, created_by=args.actor, source=EventSource.CLI)
@@ -79,25 +80,57 @@ def _report(args: argparse.Namespace, task: Task, what: str) -> int:
             status = selectors.task_status(task_id=task.pk)
         task = _find_task(str(task.pk), tenant=args.tenant)
     data = task_dict(task, detail=args.wait)
-    emit(args, data, lambda d: print(
-        f"{what} task {d['id']} ({d['tool']}, priority {d['priority']}): {d['status']}"
-        + (f"\n{(d.get('result') or {}).get('final_message') or d['error_message']}" if args.wait else "")
-    ))
+
+    def render(d: dict[str, Any]) -> None:
+        print(f"{what} task {d['id']} ({d['tool']}, priority {d['priority']}): {d['status']}")
+        if args.wait:  # how it ended: the error of one that did not succeed, else the CLI's final message
+            print(d["error_message"] or (d.get("result") or {}).get("final_message") or "")
+            if d["missing_outputs"]:
+                print(f"missing outputs: {', '.join(d['missing_outputs'])}")
+
+    emit(args, data, render)
     return 0 if not args.wait or task.status == TaskStatus.SUCCEEDED else EXIT_WAIT_FAILED
+
+
+def _choice(option: str, value: str | None, allowed: list[str]) -> None:
+    """A filter naming nothing that exists is a mistake to report (the API's 400), not an empty table."""
+    if value is not None and value not in allowed:
+        raise CommandError(f"{option} {value!r} is not one of: {', '.join(allowed)}")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise CommandError("--limit must be at least 1")
+    _choice("--status", args.status, list(TaskStatus.values))
+    _choice("--tool", args.tool, list(Tool.values))
     tasks = selectors.task_list(tenant=args.tenant, status=args.status, tool=args.tool,
                                 worker_group=args.group)[: args.limit]
     data = [task_dict(t) for t in tasks]
-    emit(args, data, lambda rows: table(
-        ["id", "tool", "status", "prio", "group", "attempt", "created"],
-        [[short_id(r["id"]), r["tool"], r["status"], r["priority"], r["worker_group"], r["attempt"],
-          r["created_at"][:19]] for r in rows],
-    ))
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        # One line per task within 120 columns: free text is cut short (`get ID` has it all); the group a task
+        # runs on names its tool too, so one column says both.
+        table(["id", "status", "prio", "runs on", "tries", "created", "scheduled", "task", "last error"],
+              [[short_id(r["id"]), r["status"] + ("*" if r["missing_outputs"] else ""), r["priority"],
+                excerpt(r["worker_group"] or r["tool"], 16), f"{r['attempts_in_budget']}/{r['max_attempts']}",
+                _minute(r["created_at"]), _minute(r["scheduled_at"]),
+                f"schedule {excerpt(r['schedule'], 13)}" if r["schedule"] else excerpt(r["prompt_excerpt"], 22),
+                excerpt(r["error_message"], 18)] for r in rows], compact=True)
+        if any(r["missing_outputs"] for r in rows):
+            print("* missing declared outputs: `schedulerctl get ID` names them")
+        if rows:
+            print("times in UTC; tries: attempts of the current budget / max_attempts")
+
+    emit(args, data, render)
     return 0
+
+
+def _minute(value: str | None) -> str:
+    """An ISO timestamp (UTC) in a table: "12-01 09:30" this year, "2031-05-04" in another (never a date that reads
+    as this year's when it is not)."""
+    if not value:
+        return ""
+    return f"{value[5:10]} {value[11:16]}" if value[:4] == str(datetime.now(UTC).year) else value[:10]
 
 
 def cmd_get(args: argparse.Namespace) -> int:
@@ -105,10 +138,19 @@ def cmd_get(args: argparse.Namespace) -> int:
     data = task_dict(task, detail=True)
 
     def render(d: dict[str, Any]) -> None:
-        for key in ("id", "tool", "model", "status", "priority", "worker_group", "attempt", "max_attempts",
-                    "created_at", "started_at", "finished_at", "error_message"):
-            if d.get(key) not in (None, ""):
-                print(f"{key:>14}: {d[key]}")
+        fields = {key: d[key] for key in ("id", "tool", "model") if d[key]}
+        fields["status"] = d["status"] + (" (with missing outputs)" if d["missing_outputs"] else "")
+        fields.update(priority=d["priority"], worker_group=d["worker_group"], attempt=_attempt_text(d),
+                      created_at=d["created_at"], started_at=d["started_at"], finished_at=d["finished_at"],
+                      error_message=d["error_message"])
+        if d["output_files"]:
+            fields["outputs"] = ", ".join(d["output_files"]) + (
+                " (each required)" if d["require_outputs"] else " (missing ones allowed)")
+        if d["missing_outputs"]:
+            fields["missing outputs"] = ", ".join(d["missing_outputs"])
+        for key, value in fields.items():
+            if value not in (None, ""):
+                print(f"{key:>14}: {value}")
         for key, label in (("depends_on", "depends on"), ("waiting_on", "waiting on"), ("dependents", "dependents")):
             if d[key]:
                 print(f"{label:>14}: {', '.join(d[key])}")
@@ -119,7 +161,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             print(f"{'final message':>14}: {d['result'].get('final_message')}")
         columns = ["attempt", "status", "group", "exit", "failure", "tokens in/out", "ms"]
         rows = [[r["attempt"], r["status"], r["worker_group"], r["exit_code"], r["failure_kind"],
-                 f"{r['input_tokens']}/{r['output_tokens']}", r["latency_ms"]] for r in d["runs"]]
+                 _tokens_text(r["input_tokens"], r["output_tokens"]), r["latency_ms"]] for r in d["runs"]]
         if task.repository is not None:  # what each attempt started from, changed and pushed
             columns += ["base", "change", "pushed"]
             for row, r in zip(rows, d["runs"], strict=True):
@@ -130,8 +172,8 @@ def cmd_get(args: argparse.Namespace) -> int:
                for e in d["events"]], title="events")
         if len(d["conversation"]) > 1 or d["follow_ups"]:
             table(["turn", "task", "status", "prompt", "final message", "change"],
-                  [[number, t["id"] + (" (this)" if t["id"] == d["id"] else ""), t["status"], _excerpt(t["prompt"]),
-                    _excerpt(t["final_message"]), diff_stat_text(t["diff_stat"])]
+                  [[number, t["id"] + (" (this)" if t["id"] == d["id"] else ""), t["status"], excerpt(t["prompt"], 40),
+                    excerpt(t["final_message"], 40), diff_stat_text(t["diff_stat"])]
                    for number, t in enumerate(d["conversation"], start=1)], title="conversation")
             if d["follow_ups"]:
                 print(f"{'follow-ups':>14}: {', '.join(d['follow_ups'])}")
@@ -140,9 +182,24 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
-def _excerpt(text: str, width: int = 40) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[: width - 1] + "…"
+def _attempt_text(d: dict[str, Any]) -> str:
+    """"2 of 3": attempts charged to the current budget; and the runs in all when they differ (an explicit retry
+    starts a new budget; a run that failed for its account's sake is not charged)."""
+    text = f"{d['attempts_in_budget']} of {d['max_attempts']}"
+    if d["attempt"] == d["attempts_in_budget"]:
+        return text
+    retries = sum(1 for e in d["events"] if e["to_status"] == TaskStatus.QUEUED
+                  and e["from_status"] in (TaskStatus.FAILED, TaskStatus.CANCELED))
+    why = (f"after {retries} retr{'y' if retries == 1 else 'ies'}" if retries
+           else "runs moved off a failing account are not charged")
+    return f"{text} ({d['attempt']} in all, {why})"
+
+
+def _tokens_text(input_tokens: int | None, output_tokens: int | None) -> str:
+    """"1200/340"; "-" when the CLI reported none (not "None/None")."""
+    if input_tokens is None and output_tokens is None:
+        return "-"
+    return f"{'?' if input_tokens is None else input_tokens}/{'?' if output_tokens is None else output_tokens}"
 
 
 def cmd_follow_up(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ def task_follow_up(*, task_id: Any, prompt: str, created_by: str = "", source: s
         budget = float(parent.max_cost_usd) if parent.max_cost_usd is not None else None
         spec = TaskSpec(
             tool=parent.tool, prompt=prompt, model=parent.model, output_files=list(parent.output_files or []),
+            require_outputs=parent.require_outputs,
             priority=parent.priority, max_attempts=parent.max_attempts, timeout_seconds=parent.timeout_seconds,
             worker_group=group.name, max_cost_usd=budget,
             max_turns=parent.max_turns, idle_timeout_seconds=parent.idle_timeout_seconds,

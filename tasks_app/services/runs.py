@@ -29,6 +29,7 @@ from executors.base import (
     FailureKind,
     RunEvent,
 )
+from executors.confinement import missing_outputs
 from tasks_app.crypto import CredentialsUnreadable
 from tasks_app.models import (
     ACTIVE_STATUSES,
@@ -294,7 +295,13 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
                 if row.file:
                     row.file.delete(save=False)
             return None
-        kind = _failure_kind(result, task)
+        kind, message = _failure_kind(result, task), result.error_message
+        # Outputs are collected only from a run that went well otherwise; what it was asked for and did not
+        # deliver fails it, unless the task allows that (then it succeeds, marked). The job is the problem, not
+        # the box: never retried.
+        missing = missing_outputs(task.output_files or [], [f.path for f in result.outputs]) if not kind else []
+        if missing and task.require_outputs:
+            kind, message = FailureKind.MISSING_OUTPUT, _missing_outputs_message(missing, result.output_errors)
         run.status = {
             "": TaskRun.Status.SUCCEEDED, FailureKind.CANCELED: TaskRun.Status.CANCELED,
         }.get(kind, TaskRun.Status.FAILED)
@@ -303,7 +310,7 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
         run.stdout, run.stdout_truncated = result.stdout, result.stdout_truncated
         run.stderr, run.stderr_truncated = result.stderr, result.stderr_truncated
         run.failure_kind = kind
-        run.error_message = result.error_message if kind else ""
+        run.error_message = message if kind else ""
         run.retry_after_seconds = result.retry_after_seconds
         run.input_tokens, run.output_tokens = result.input_tokens, result.output_tokens
         run.cost_usd = result.cost_usd
@@ -331,23 +338,33 @@ def run_finish(*, run_id: int, lease_token: Any, result: ExecutionResult, worker
             "latency_ms": result.latency_ms,
             "outputs": [f.path for f in result.outputs],
             **({"output_errors": result.output_errors} if result.output_errors else {}),
+            **({"missing_outputs": missing} if missing else {}),
             **({"change": _change_summary(change)} if change is not None else {}),
         }
-        if not kind:
+        if not kind or kind == FailureKind.MISSING_OUTPUT:  # the account worked: its failure streak ends
             WorkerGroup.objects.filter(pk=run.worker_group_id, account_failures__gt=0).update(account_failures=0)
+        if not kind:
             task_transition(
                 locked=task, to=TaskStatus.SUCCEEDED, source=EventSource.WORKER, actor=worker,
                 reason=f"attempt {run.attempt} succeeded", data={"attempt": run.attempt},
                 updates={"result": summary, "error_message": "", "finished_at": now, **_lease_cleared()},
             )
         elif kind == FailureKind.CANCELED:
-            _end_canceled(task, run, message=result.error_message, actor=worker, now=now, summary=summary)
+            _end_canceled(task, run, message=message, actor=worker, now=now, summary=summary)
         else:
-            _settle_failure(task, run, kind=kind, message=result.error_message,
+            _settle_failure(task, run, kind=kind, message=message,
                             retry_after=result.retry_after_seconds, actor=worker, now=now, summary=summary,
                             resume=_worth_resuming(task, result))
     # The freed slot is refilled by the caller's dispatch pass (the worker runs one right away).
     return task
+
+
+def _missing_outputs_message(missing: list[str], output_errors: list[str]) -> str:
+    """Names the missing outputs, and why a file the run did write was not taken (a symlink, too large), in the
+    collector's words; its "declared output … was not produced" sentences would only repeat the names."""
+    reasons = [error for error in output_errors if not error.startswith("declared output ")]
+    return (f"missing declared output{'s' if len(missing) > 1 else ''}: {', '.join(missing)}"
+            + (f" ({'; '.join(reasons)})" if reasons else ""))
 
 
 def _change_summary(change: Any) -> dict[str, Any]:

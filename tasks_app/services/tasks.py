@@ -78,6 +78,8 @@ class TaskSpec:
     # A run on a repository (SPEC §8): its name in the task's tenant, and a branch, tag or commit ("" its default_ref).
     repository: str | None = None
     ref: str = ""
+    # A declared output that was not delivered fails the run (missing_output); False: the task succeeds, marked.
+    require_outputs: bool = True
 
     def fingerprint(self) -> str:
         body = {
@@ -99,6 +101,8 @@ class TaskSpec:
             **({"depends_on": sorted(self.depends_on)} if self.depends_on else {}),
             # Only when set: the fingerprints of tasks without a repository stay what they were.
             **({"repository": self.repository, "ref": self.ref} if self.repository is not None else {}),
+            # Only when off: the fingerprints of tasks stored before the option existed stay what they were.
+            **({"require_outputs": False} if self.require_outputs is False else {}),
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -170,6 +174,8 @@ def task_spec_clean(spec: TaskSpec, *, tenant: str = "default") -> tuple[TaskSpe
     ):
         errors["idempotency_key"] = ["must be a string of 1 to 200 characters"]
     check(lambda: validation.json_object(spec.metadata, field="metadata"))
+    if not isinstance(spec.require_outputs, bool):
+        errors["require_outputs"] = ["must be true or false"]
     if spec.max_cost_usd is not None and (
         not isinstance(spec.max_cost_usd, int | float) or isinstance(spec.max_cost_usd, bool)
         or not 0 < spec.max_cost_usd <= 100_000
@@ -265,6 +271,7 @@ def task_spec_clean(spec: TaskSpec, *, tenant: str = "default") -> tuple[TaskSpe
         depends_on=depends_on,
         repository=spec.repository,
         ref=spec.ref,
+        require_outputs=spec.require_outputs,
     )
     return cleaned, group
 
@@ -338,6 +345,7 @@ def task_create(
                 model=spec.model,
                 prompt=spec.prompt,
                 output_files=spec.output_files,
+                require_outputs=spec.require_outputs,
                 priority=spec.priority,
                 scheduled_at=spec.scheduled_at,
                 worker_group=group,

@@ -84,8 +84,9 @@ def test_a_postgresql_restart_during_two_runs_loses_neither(workers: WorkerProce
         workers.start_beat(env=env)
         workers.start("control", concurrency=1, env=env)
         workers.start("claude-main", concurrency=2, env=env)
-        ids = [json.loads(_ctl(product, "--json", "enqueue", "claude", fake(f"job {i}", sleep=2, tag=f"job-{i}"),
-                                "--output", "out.txt").stdout)["id"] for i in range(2)]
+        jobs = [fake(f"job {i}", sleep=2, tag=f"job-{i}", write={"out.txt": "done"}) for i in range(2)]
+        ids = [json.loads(_ctl(product, "--json", "enqueue", "claude", job, "--output", "out.txt").stdout)["id"]
+               for job in jobs]
         wait_until(lambda: log.exists() and len([e for e in read_log(log) if e["event"] == "start"]) == 2,
                    timeout=60, message="both CLIs to start")
 

@@ -235,13 +235,15 @@ def test_outputs_that_are_symlinks_are_refused_never_read(workers: WorkerProcess
     workers.start("claude-main", concurrency=1, env=FAST)
     prompt = fake("outputs", write={"ok.txt": "fine"}, symlink={"leak.txt": "/etc/passwd", "etc-link": "/etc"})
 
-    task = _enqueue(prompt, output_files=["ok.txt", "leak.txt", "etc-link/passwd", "*.txt"])
+    # Outputs may be missing (a refused one is): the task succeeds, marked with them.
+    task = _enqueue(prompt, output_files=["ok.txt", "leak.txt", "etc-link/passwd", "*.txt"], require_outputs=False)
     (task,) = wait_terminal(task.pk)
 
     assert task.status == "succeeded", workers.logs()
     assert list(TaskFile.objects.filter(task=task, direction="output").values_list("path", flat=True)) == ["ok.txt"]
     errors = " | ".join(task.result["output_errors"])
     assert "'leak.txt' refused" in errors and "'etc-link/passwd' refused" in errors
+    assert task.missing_outputs == ["leak.txt", "etc-link/passwd"]
     assert not any(b"root:" in f.read_bytes() for f in TaskFile.objects.filter(task=task))
     work_root = workers.log_dir / "work"
     assert not work_root.exists() or list(work_root.iterdir()) == []  # removed after collection
